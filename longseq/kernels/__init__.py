@@ -1,0 +1,15 @@
+"""Kernels: selective scan, causal conv1d, one-step state update, fused add + RMSNorm.
+
+Each public function dispatches to the fused Triton kernels on CUDA (``backend="triton"``) or
+to the pure-PyTorch implementation (``backend="reference"``), which runs on any device.
+``selective_scan_ref`` is the float64 plain-loop ground truth that every backend is tested against.
+"""
+from .dispatch import causal_conv1d, resolve_backend, rms_norm, selective_scan, selective_state_update
+from .reference import (causal_conv1d_ref, rms_norm_ref, selective_scan_chunked, selective_scan_ref,
+                        selective_state_update_ref)
+
+__all__ = [
+    "selective_scan", "causal_conv1d", "selective_state_update", "rms_norm", "resolve_backend",
+    "selective_scan_ref", "selective_scan_chunked", "causal_conv1d_ref", "selective_state_update_ref",
+    "rms_norm_ref",
+]

@@ -1,0 +1,231 @@
+"""Pure-PyTorch kernels: the float64 ground truth and the fast chunked CPU path.
+
+Semantics (DESIGN §2, identical to ``mamba_ssm.selective_scan_fn``)::
+
+    delta <- delta + delta_bias;  if delta_softplus: delta <- softplus(delta)
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
+    y_t = <h_t, C_t> + D * u_t;   if z is given: y <- y * silu(z)
+
+``selective_scan_ref`` is a plain loop over time in float64: slow, obviously right, and the
+reference every other backend is tested against. ``selective_scan_chunked`` computes the same
+function a chunk of time steps at a time with whole-tensor operations, so the Python overhead is
+paid once per chunk; see its docstring for the algebra and how it stays finite.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .checks import check_selective_scan_args, check_tensor
+
+__all__ = [
+    "selective_scan_ref",
+    "selective_scan_chunked",
+    "causal_conv1d_ref",
+    "selective_state_update_ref",
+    "rms_norm_ref",
+]
+
+
+def _prepare_delta(delta: torch.Tensor, delta_bias, delta_softplus: bool) -> torch.Tensor:
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(delta.dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta
+
+
+def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """(batch, dstate, L) or (batch, groups, dstate, L) -> (batch, groups, 1, dstate, L)."""
+    if t.dim() == 3:
+        t = t.unsqueeze(1)
+    return t.reshape(t.shape[0], groups, 1, t.shape[-2], t.shape[-1])
+
+
+def _finish(y, u, D, z):
+    if D is not None:
+        y = y + D.to(y.dtype)[:, None] * u.to(y.dtype)
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
+
+def _state_dtype(u: torch.Tensor) -> torch.dtype:
+    # DESIGN: last_state is float32; a float64 scan keeps float64 so gradcheck stays exact.
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False, initial_state=None):
+    """The selective scan as a plain loop over time, computed in float64.
+
+    Same arguments and shapes as :func:`longseq.kernels.selective_scan`. Returns ``y`` in the
+    dtype of ``u`` (and the last state, float32 unless ``u`` is float64). Differentiable.
+    It costs one Python iteration per token: use it to check other backends, not to train.
+    """
+    batch, dim, seqlen, dstate, groups = check_selective_scan_args(
+        u, delta, A, B, C, D, z, delta_bias, initial_state, fn="selective_scan_ref")
+    f64 = torch.float64
+    delta = _prepare_delta(delta.to(f64), None if delta_bias is None else delta_bias.to(f64), delta_softplus)
+    u64, A64 = u.to(f64), A.to(f64)
+    Bg, Cg = _grouped(B.to(f64), groups), _grouped(C.to(f64), groups)
+    per = dim // groups
+    Bx = Bg.expand(batch, groups, per, dstate, seqlen).reshape(batch, dim, dstate, seqlen)
+    Cx = Cg.expand(batch, groups, per, dstate, seqlen).reshape(batch, dim, dstate, seqlen)
+    h = u64.new_zeros(batch, dim, dstate) if initial_state is None else initial_state.to(f64)
+    ys = []
+    for t in range(seqlen):
+        dt = delta[:, :, t, None]
+        h = torch.exp(dt * A64) * h + dt * Bx[..., t] * u64[:, :, t, None]
+        ys.append((h * Cx[..., t]).sum(-1))
+    y = _finish(torch.stack(ys, dim=-1), u64, None if D is None else D.to(f64), None if z is None else z.to(f64))
+    y = y.to(u.dtype)
+    return (y, h.to(_state_dtype(u))) if return_last_state else y
+
+
+# Largest |sum of delta*A| allowed inside one chunk: exp(+-limit) must stay finite and keep
+# enough precision in the compute dtype. Chunks that exceed it are split (down to one step).
+_EXP_LIMIT = {torch.float32: 30.0, torch.float64: 600.0}
+
+
+def _scan_chunk(h, dt, dtu, A, Bc, Cc, limit: float):
+    """Scan one chunk.
+
+    Shapes (grouped layout): h (b, g, p, n, 1); dt, dtu (b, g, p, 1, T); A (g, p, n, 1);
+    Bc, Cc (b, g, 1, n, T). Returns (y (b, g, p, T), h_last (b, g, p, n, 1)).
+
+    Within a chunk, with S_t = A * cumsum(delta)_t, the recurrence solves to
+        h_t = exp(S_t) * (h_0 + sum_{s<=t} exp(-S_s) * delta_s * B_s * u_s),
+    two cumulative sums instead of T sequential steps. exp(-S) grows along the chunk, so a chunk
+    whose |S| could exceed ``limit`` is split in two and the halves are scanned in order.
+    """
+    T = dt.shape[-1]
+    if T == 1:
+        hs = torch.exp(dt * A) * h + dtu * Bc
+    else:
+        cum = torch.cumsum(dt, dim=-1)
+        if float(cum.abs().amax()) * float(A.abs().amax()) > limit:
+            half = T // 2
+            y0, h = _scan_chunk(h, dt[..., :half], dtu[..., :half], A, Bc[..., :half], Cc[..., :half], limit)
+            y1, h = _scan_chunk(h, dt[..., half:], dtu[..., half:], A, Bc[..., half:], Cc[..., half:], limit)
+            return torch.cat([y0, y1], dim=-1), h
+        S = cum * A
+        hs = torch.cumsum(torch.exp(-S) * dtu * Bc, dim=-1).add(h).mul(torch.exp(S))
+    y = (hs * Cc).sum(dim=-2)
+    return y, hs[..., -1:]
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           return_last_state=False, initial_state=None, chunk_size: int = 64):
+    """Fast pure-PyTorch selective scan (the CPU default), ``chunk_size`` steps per Python step.
+
+    Computes in float64 for float64 inputs and in float32 otherwise. Under autograd each chunk is
+    checkpointed: only chunk inputs and boundary states are kept, and the chunk is recomputed in
+    backward, so memory stays O(batch*dim*seqlen) plus one chunk's (batch, dim, dstate, chunk).
+    """
+    batch, dim, seqlen, dstate, groups = check_selective_scan_args(
+        u, delta, A, B, C, D, z, delta_bias, initial_state, fn="selective_scan")
+    cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
+    limit = _EXP_LIMIT[cdt]
+    per = dim // groups
+    delta = _prepare_delta(delta.to(cdt), delta_bias, delta_softplus)
+    dt = delta.reshape(batch, groups, per, 1, seqlen)
+    dtu = (delta * u.to(cdt)).reshape(batch, groups, per, 1, seqlen)
+    Ag = A.to(cdt).reshape(groups, per, dstate, 1)
+    Bg, Cg = _grouped(B.to(cdt), groups), _grouped(C.to(cdt), groups)
+    if initial_state is None:
+        h = u.new_zeros(batch, groups, per, dstate, 1, dtype=cdt)
+    else:
+        h = initial_state.to(cdt).reshape(batch, groups, per, dstate, 1)
+    use_ckpt = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, initial_state))
+    ys = []
+    for s in range(0, seqlen, chunk_size):
+        sl = slice(s, s + chunk_size)
+        args = (h, dt[..., sl], dtu[..., sl], Ag, Bg[..., sl], Cg[..., sl], limit)
+        y, h = checkpoint(_scan_chunk, *args, use_reentrant=False) if use_ckpt else _scan_chunk(*args)
+        ys.append(y)
+    y = torch.cat(ys, dim=-1).reshape(batch, dim, seqlen)
+    y = _finish(y, u, D, z).to(u.dtype)
+    if return_last_state:
+        return y, h.reshape(batch, dim, dstate).to(_state_dtype(u))
+    return y
+
+
+def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
+    """Depthwise causal convolution: y[:, d, t] = sum_k weight[d, k] * x[:, d, t - (W-1) + k].
+
+    x (batch, dim, seqlen); weight (dim, width); bias (dim,); activation None | "silu" | "swish";
+    initial_state (batch, dim, width-1): the inputs that precede x (zeros when None). With
+    ``return_final_state`` also returns the last width-1 inputs, to continue on the next piece.
+    """
+    fn = "causal_conv1d"
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"{fn}: argument 'x' must be 3-D (batch, dim, seqlen); got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    batch, dim, seqlen = x.shape
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != dim:
+        raise ValueError(f"{fn}: argument 'weight' must have shape (dim, width) with dim = {dim}; got "
+                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    width = weight.shape[1]
+    check_tensor(fn, "weight", weight, (dim, width), x.device, shape_doc="(dim, width)")
+    if bias is not None:
+        check_tensor(fn, "bias", bias, (dim,), x.device, shape_doc="(dim,)")
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"{fn}: argument 'activation' must be None, 'silu' or 'swish'; got {activation!r}")
+    if initial_state is None:
+        initial_state = x.new_zeros(batch, dim, width - 1)
+    else:
+        check_tensor(fn, "initial_state", initial_state, (batch, dim, width - 1), x.device,
+                     shape_doc="(batch, dim, width - 1)")
+    xs = torch.cat([initial_state.to(x.dtype), x], dim=-1)
+    y = F.conv1d(xs, weight.to(x.dtype).unsqueeze(1), None if bias is None else bias.to(x.dtype), groups=dim)
+    if activation is not None:
+        y = F.silu(y)
+    if return_final_state:
+        return y, xs[..., xs.shape[-1] - (width - 1):]
+    return y
+
+
+def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One recurrent step of the scan, in place on ``state`` (batch, dim, dstate); returns y (batch, dim).
+
+    x, dt, z: (batch, dim); B, C: (batch, dstate) or (batch, groups, dstate). Accumulates in the
+    state's dtype (float32 in the model's inference cache).
+    """
+    batch, dim, dstate = state.shape
+    groups = 1 if B.dim() == 2 else B.shape[1]
+    cdt = state.dtype
+    dt = dt.to(cdt)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(cdt)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    Bx = B.to(cdt).reshape(batch, groups, 1, dstate).expand(batch, groups, dim // groups, dstate).reshape(batch, dim, dstate)
+    Cx = C.to(cdt).reshape(batch, groups, 1, dstate).expand(batch, groups, dim // groups, dstate).reshape(batch, dim, dstate)
+    xf = x.to(cdt)
+    state.copy_(torch.exp(dt[..., None] * A.to(cdt)) * state + (dt * xf)[..., None] * Bx)
+    y = (state * Cx).sum(-1)
+    if D is not None:
+        y = y + D.to(cdt) * xf
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    return y.to(x.dtype)
+
+
+def rms_norm_ref(x, weight, residual=None, eps=1e-5, prenorm=False, residual_in_fp32=False):
+    """RMSNorm over the last dimension, after adding ``residual`` when given.
+
+    Returns ``weight * s / sqrt(mean(s^2) + eps)`` with ``s = x + residual`` (computed in float32),
+    in x's dtype; with ``prenorm`` also returns ``s`` (float32 if ``residual_in_fp32``, else x's
+    dtype), the residual stream for the next block.
+    """
+    s = x.float() if residual is None else x.float() + residual.float()
+    y = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    y = y.to(x.dtype)
+    if prenorm:
+        return y, (s if residual_in_fp32 else s.to(x.dtype))
+    return y
