@@ -107,7 +107,7 @@ def _scan_chunk(h, dt, dtu, A, Bc, Cc, limit: float):
         hs = torch.exp(dt * A) * h + dtu * Bc
     else:
         cum = torch.cumsum(dt, dim=-1)
-        if float(cum.abs().amax()) * float(A.abs().amax()) > limit:
+        if float(cum.detach().abs().amax()) * float(A.detach().abs().amax()) > limit:
             half = T // 2
             y0, h = _scan_chunk(h, dt[..., :half], dtu[..., :half], A, Bc[..., :half], Cc[..., :half], limit)
             y1, h = _scan_chunk(h, dt[..., half:], dtu[..., half:], A, Bc[..., half:], Cc[..., half:], limit)
