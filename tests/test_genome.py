@@ -21,9 +21,12 @@ IDS = {c: i for i, c in enumerate("ACGT")}
 COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LONGSEQ_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(autouse=True, scope="module")
+def cache(tmp_path_factory):
+    # one cache per module: the bundled genomes are decompressed once, not once per test
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LONGSEQ_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 def genome(path):
