@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,13 @@ def probe(path) -> AudioInfo:
             "the other formats libsndfile reads") from None
     if info.frames <= 0:
         raise AudioFileError(f"{path}: zero-length audio (the header says {info.frames} frames)")
+    # libsndfile quietly shortens a WAV/AIFF whose data chunk runs past the end of the file;
+    # its log says "data : <declared> (should be <present>)". A declared size beyond what is
+    # there means a truncated copy (placeholder sizes of streamed writers are left alone).
+    m = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info, re.M)
+    if m and int(m.group(2)) < int(m.group(1)) < 0xFFFFFFFF:
+        raise AudioFileError(f"{path}: truncated: its header declares {m.group(1)} bytes of audio "
+                             f"data but only {m.group(2)} are present")
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioFileError(f"{path}: invalid header (rate {info.samplerate} Hz, "
                              f"{info.channels} channels)")
