@@ -141,3 +141,27 @@ def test_bad_arguments():
         SpeciesDataModule({"x": []})
     with pytest.raises(ValueError, match=r"seq_len 2000000 is larger than every train region of Helicobacter pylori"):
         SpeciesDataModule(seq_len=2_000_000).train_dataloader()
+
+
+def test_class_names_are_saved_in_lightning_checkpoints(tmp_path):
+    import lightning.pytorch as pl
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(8, 7)
+
+        def training_step(self, batch, idx):
+            return torch.nn.functional.cross_entropy(self.embed(batch["input_ids"]).mean(1), batch["label"])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = SpeciesDataModule(seq_len=64, batch_size=4)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, accelerator="cpu", logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(Tiny(), datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert ckpt["SpeciesDataModule"]["class_names"] == dm.class_names
+    assert ckpt["datamodule_hyper_parameters"]["seq_len"] == 64
