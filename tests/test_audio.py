@@ -335,3 +335,43 @@ def test_file_discovery_errors_and_manifest(tmp_path):
         split_files(resolve_audio_files(digits), (0.8, 0.1, 0.1), split_group=r"^(\d+)")
     with pytest.raises(ValueError, match="three non-negative ratios"):
         WaveformDataModule(PIANO, splits=(0.5, 0.6, -0.1)).setup()
+
+
+def test_sequence_length_warmup_drives_the_module_in_a_trainer(tmp_path):
+    """Lightning fit with SequenceLengthWarmup: each epoch's batches have that stage's shape,
+    val follows the stage, and each epoch draws new windows (seeded by the epoch)."""
+    import lightning.pytorch as pl
+
+    from longseq.datamodules import SequenceLengthWarmup
+
+    class Recorder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen = {"train": [], "val": []}
+
+        def training_step(self, batch, i):
+            self.seen["train"].append((self.current_epoch, tuple(batch["input_ids"].shape),
+                                       tuple(batch["start"].tolist())))
+            return (self.w * 0).sum() + self.w.sum() * 0
+
+        def validation_step(self, batch, i):
+            self.seen["val"].append((self.current_epoch, tuple(batch["input_ids"].shape)))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    dm = WaveformDataModule(str(ASSETS["digits"]), seq_len=4000, batch_size=2, split_group=SPEAKER,
+                            splits=(0.8, 0.1, 0.1), windows_per_epoch=6, return_positions=True)
+    warmup = SequenceLengthWarmup([{"seq_len": 500, "batch_size": 3, "epochs": 1},
+                                   {"seq_len": 1000, "batch_size": 2, "epochs": 2}])
+    model = Recorder()
+    trainer = pl.Trainer(max_epochs=3, callbacks=[warmup], reload_dataloaders_every_n_epochs=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    train = model.seen["train"]
+    assert [(e, s) for e, s, _ in train] == [(0, (3, 500))] * 2 + [(1, (2, 1000))] * 3 + [(2, (2, 1000))] * 3
+    assert {(e, s[1]) for e, s in model.seen["val"]} == {(0, 500), (1, 1000), (2, 1000)}
+    starts = {e: [st for ee, _, st in train if ee == e] for e in (1, 2)}
+    assert starts[1] != starts[2]
