@@ -93,7 +93,13 @@ def _read_checkpoint(path: Path):
     if not weights:
         raise ValueError(f"{path}: 'state_dict' holds no weights under the prefix 'model.' "
                          f"(found e.g. {sorted(state)[:5]})")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shape mismatches: the config does not describe these weights
+        lines = [ln.strip() for ln in str(e).splitlines() if "mismatch" in ln]
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise ValueError(f"{path}: weights do not fit the {arch} its config describes: "
+                         f"{lines[0] if lines else e}{more}") from None
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match {arch}{tuple(cfg.items())[:3]}...: "
                          f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
