@@ -12,10 +12,9 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import torch.distributed as dist
 from torch.utils.data import IterableDataset
 
-from .sharding import shard_context, shard_seed, split_range
+from .sharding import rank_and_world, shard_context, shard_seed, split_range
 
 
 @dataclass(frozen=True)
@@ -81,20 +80,15 @@ class WindowDataset(IterableDataset):
         self.source, self.batch_size, self.train = source, batch_size, train
         self.samples, self.seed, self.epoch = samples, seed, epoch
         self.num_workers = max(1, num_workers)
+        self.rank_world = rank_and_world()      # for workers that do not inherit the process group
         self._tiles = None if train else source.tiles()
-
-    @staticmethod
-    def _world() -> tuple[int, int]:
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
 
     def _train_batches_per_shard(self, num_shards: int) -> int:
         return math.ceil(self.samples / (num_shards * self.batch_size))
 
     def __len__(self) -> int:
         """Batches this rank yields (over all of its workers)."""
-        rank, world = self._world()
+        rank, world = self.rank_world
         shards = world * self.num_workers
         if self.train:
             return self._train_batches_per_shard(shards) * self.num_workers

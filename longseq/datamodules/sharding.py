@@ -19,14 +19,26 @@ def shard_context() -> tuple[int, int]:
     where rank/world_size come from ``torch.distributed`` when it is initialised (else 0/1) and
     worker_id/num_workers from ``torch.utils.data.get_worker_info()`` (else 0/1, i.e. the
     loading happens in the main process).
+
+    Dataloader workers started with the "spawn" method (the default inside processes launched by
+    ``torch.multiprocessing.spawn`` or Lightning's ``ddp_spawn``) do not inherit the process
+    group. So a dataset should record ``self.rank_world = rank_and_world()`` when it is built in
+    the main process: in a worker without a process group, that attribute of the worker's
+    dataset supplies rank and world size.
     """
-    if dist.is_available() and dist.is_initialized():
-        rank, world_size = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world_size = 0, 1
     info = torch.utils.data.get_worker_info()
+    rank, world_size = rank_and_world()
+    if world_size == 1 and info is not None and hasattr(info.dataset, "rank_world"):
+        rank, world_size = info.dataset.rank_world
     worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
     return rank * num_workers + worker_id, world_size * num_workers
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)`` from ``torch.distributed`` when initialised, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def shard_seed(base_seed: int, epoch: int, shard_id: int) -> int:
