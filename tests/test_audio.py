@@ -186,8 +186,10 @@ def test_split_by_file_puts_no_file_in_two_splits(tmp_path):
     root = tmp_path / "sc"
     shutil.copytree(ASSETS["digits"], root)
     (root / "validation_list.txt").write_text("".join(f"{d}/esp005_{d}.flac\n" for d in ("one", "two", "nine")))
-    (root / "testing_list.txt").write_text("# test speaker\nzero/fli_awb_0_zero.flac\n")
-    dm = WaveformDataModule(str(root), seq_len=4000, batch_size=8, return_positions=True,
+    (root / "testing_list.txt").write_text("# test speaker\nzero/fli_awb_0_zero.flac\nbed/x.wav\n")
+    (root / "bed").mkdir()  # a word outside the selection below, as in Speech Commands' lists
+    shutil.copy(root / "one" / "esp001_one.flac", root / "bed" / "x.wav")
+    dm = WaveformDataModule(str(root / "*" / "*.flac"), seq_len=4000, batch_size=8, return_positions=True,
                             splits={"val": str(root / "validation_list.txt"),
                                     "test": str(root / "testing_list.txt")})
     dm.setup()

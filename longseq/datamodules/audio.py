@@ -146,7 +146,9 @@ def split_files(paths: Sequence[Path], splits=(0.88, 0.06, 0.06), split_group: s
     a group never spans two splits; ``split_seed`` shuffles the units first. Or a mapping
     ``{"val": ..., "test": ..., ["train": ...]}`` whose values are lists of paths or a list file
     (one path per line, as SC09's ``validation_list.txt``); paths are relative to the list file's
-    folder, or to ``root`` for in-line lists. Files not listed go to train unless "train" is given.
+    folder, or to ``root`` for in-line lists. Files not listed go to train unless "train" is given;
+    listed files that exist but are not among ``paths`` are ignored (Speech Commands' lists name
+    every word, SC09 uses ten); a listed file that does not exist is an error.
     """
     paths = list(paths)
     if isinstance(splits, Mapping):
@@ -169,7 +171,9 @@ def split_files(paths: Sequence[Path], splits=(0.88, 0.06, 0.06), split_group: s
             for q in listed:
                 key = os.path.abspath(q)
                 if key not in index:
-                    raise ValueError(f"splits[{name!r}] lists {q}, which is not among the audio files")
+                    if os.path.isfile(q):
+                        continue  # a real file outside `files` (e.g. Speech Commands' lists name all 35 words)
+                    raise ValueError(f"splits[{name!r}] lists {q}, which does not exist")
                 if key in owner and owner[key] != name:
                     raise ValueError(f"{q} is listed in both splits[{owner[key]!r}] and splits[{name!r}]")
                 if key not in owner:
