@@ -182,3 +182,17 @@ def test_bundled_files_are_valid_and_complete(cache):
             fa = IndexedFasta(ASSETS / row["file"])
             assert len(fa.contigs) == int(row["records"]) and sum(fa.contigs.values()) == int(row["total_bp"])
     assert bundled_genome().exists()
+
+
+@pytest.mark.parametrize("fmt", ["genbank", "embl"])
+def test_genbank_and_embl_are_converted_into_the_cache(cache, tmp_path, fmt):
+    from Bio.Seq import Seq
+    from Bio.SeqRecord import SeqRecord
+    ref = {name: seq for name, seq in list(records(KLEBSIELLA).items())[1:4]}    # three plasmids
+    src = tmp_path / f"plasmids.{fmt}.gz"
+    with gzip.open(src, "wt") as f:
+        SeqIO.write([SeqRecord(Seq(seq), id=name, name=name[:16], description="plasmid",
+                               annotations={"molecule_type": "DNA"}) for name, seq in ref.items()], f, fmt)
+    fa = IndexedFasta(src)
+    assert str(fa.path).startswith(str(cache))
+    check_random_fetches(fa, ref, n=30)

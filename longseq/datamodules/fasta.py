@@ -10,7 +10,8 @@ Where files go (nothing else is ever written next to the user's data):
 - ``<file>.fai`` (and ``<file>.gzi`` for bgzip) next to the FASTA, as samtools/pyfaidx do; if
   that folder is not writable, into the cache instead;
 - the cache, ``$LONGSEQ_CACHE`` or else ``~/.cache/longseq``: ``fasta/<key>/<name>.fa`` for
-  decompressed plain gzip and for re-wrapped files whose line widths pyfaidx refuses, and
+  decompressed plain gzip, GenBank/EMBL converted to FASTA, and re-wrapped files whose line
+  widths pyfaidx refuses, and
   ``validated/<key>`` stamps that skip re-validation. ``<key>`` hashes the file's absolute path,
   size and modification time, so an edited file is processed again.
 
@@ -160,12 +161,58 @@ def normalise_fasta(src: Path, dst: Path, compression: str) -> None:
         end_record(out)
 
 
+def sniff_format(path: Path, compression: str) -> str:
+    """'genbank', 'embl' or 'fasta' (anything else is left to the FASTA checks), from the first line."""
+    with _open_text(path, compression) as f:
+        for line in f:
+            if line.strip():
+                if line.startswith(b"LOCUS"):
+                    return "genbank"
+                if line.startswith(b"ID   "):
+                    return "embl"
+                return "fasta"
+    return "fasta"
+
+
+def convert_to_fasta(src: Path, dst: Path, compression: str, fmt: str) -> None:
+    """Write the sequences of a GenBank/EMBL file as FASTA (Biopython reads one record at a time)."""
+    from Bio import SeqIO
+    from Bio.Seq import UndefinedSequenceError
+
+    count = 0
+    with atomic_path(dst) as tmp, open(tmp, "wb") as out, \
+            (gzip.open(src, "rt") if compression != "plain" else open(src)) as f:
+        try:
+            for rec in SeqIO.parse(f, fmt):
+                try:
+                    seq = bytes(rec.seq)
+                except UndefinedSequenceError:
+                    raise FastaError(f"{src}: {fmt} record {rec.id!r} has no sequence (only features)") from None
+                if not seq:
+                    raise FastaError(f"{src}: {fmt} record {rec.id!r} is empty")
+                bad = _first_bad(seq)
+                if bad is not None:
+                    raise FastaError(f"{src}: invalid character {chr(seq[bad])!r} in record {rec.id!r} at "
+                                     f"offset {bad} (0-based)")
+                out.write(f">{rec.id} {rec.description}\n".encode())
+                for i in range(0, len(seq), _WRAP):
+                    out.write(seq[i:i + _WRAP] + b"\n")
+                count += 1
+        except ValueError as e:
+            if isinstance(e, FastaError):
+                raise
+            raise FastaError(f"{src}: not a readable {fmt} file: {e}") from None
+    if not count:
+        raise FastaError(f"{src}: no {fmt} records found")
+
+
 class IndexedFasta:
     """A FASTA file ready for random access: ``contigs`` (name -> length) and ``fetch``.
 
     Args:
         path: FASTA file, plain, bgzip (``bgzip file.fa``) or plain gzip (decompressed once into
-            the cache, see the module docstring).
+            the cache, see the module docstring). GenBank and EMBL files (plain or gzip) are
+            converted once to FASTA in the cache with Biopython.
         cache_dir: overrides ``$LONGSEQ_CACHE`` / ``~/.cache/longseq``.
         validate: scan every base once (stamped in the cache, so later opens are instant) so that
             bad characters are reported up front rather than mid-training.
@@ -182,7 +229,10 @@ class IndexedFasta:
             raise FastaError(f"{self.source}: the file is empty (not FASTA)")
         self.cache = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
         compression = _compression(self.source)
-        if compression == "gzip":
+        fmt = sniff_format(self.source, compression)
+        if fmt != "fasta":
+            self.path = self._cached_copy(compression, fmt)
+        elif compression == "gzip":
             # Plain gzip cannot be seeked: decompress it once (validating while at it).
             self.path = self._cached_copy(compression)
         else:
@@ -207,12 +257,15 @@ class IndexedFasta:
             self._validate()
 
     # --- one-time preparation (main process) ----------------------------------------------
-    def _cached_copy(self, compression: str) -> Path:
+    def _cached_copy(self, compression: str, fmt: str = "fasta") -> Path:
         name = self.source.name.removesuffix(".gz").removesuffix(".bgz")
         name = name if name.endswith((".fa", ".fasta", ".fna")) else name + ".fa"
         dst = self.cache / "fasta" / _file_key(self.source) / name
         if not dst.exists():
-            normalise_fasta(self.source, dst, compression)
+            if fmt == "fasta":
+                normalise_fasta(self.source, dst, compression)
+            else:
+                convert_to_fasta(self.source, dst, compression, fmt)
             self._stamp(dst)    # normalise_fasta validated every base
         return dst
 
