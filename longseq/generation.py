@@ -78,12 +78,28 @@ def sample(logits: torch.Tensor, uniform: torch.Tensor | None, params: SamplingP
     return (logits - torch.log(-torch.log(u))).argmax(-1)
 
 
+def _compiled_step(model):
+    """``model.step`` through torch.compile, which fuses the many small elementwise kernels of a step.
+
+    The cache's Python-int position counter would be a guard that changes every call (one
+    recompilation per token), so the compiled function sees the per-layer states only.
+    """
+    from .mamba import InferenceCache
+
+    def step(token, layers):
+        return model.step(token, InferenceCache(layers))
+
+    compiled = torch.compile(step, dynamic=False)
+    return lambda token, cache: compiled(token, cache.layers)
+
+
 class _Decoder:
     """Runs ``block`` decoding steps at a time on static buffers; replays a CUDA graph when it can."""
 
     def __init__(self, model, cache, batch: int, block: int, vocab: int, params: SamplingParams,
-                 allowed, device, cuda_graph: bool):
+                 allowed, device, cuda_graph: bool, compile: bool = False):
         self.model, self.cache, self.params, self.allowed, self.block = model, cache, params, allowed, block
+        self.step_fn = _compiled_step(model) if compile else model.step
         self.cur = torch.zeros(batch, dtype=torch.long, device=device)
         self.noise = None if params.greedy else torch.empty(block, batch, vocab, device=device)
         self.forced = torch.zeros(block, batch, dtype=torch.long, device=device)
@@ -93,7 +109,7 @@ class _Decoder:
 
     def _steps(self):
         for k in range(self.block):
-            logits = self.model.step(self.cur, self.cache)
+            logits = self.step_fn(self.cur, self.cache)
             tok = sample(logits, None if self.noise is None else self.noise[k], self.params, self.allowed)
             tok = torch.where(self.force[k], self.forced[k], tok)
             self.out[k].copy_(tok)
@@ -167,7 +183,7 @@ def generate(model, prompt_ids: torch.Tensor, n: int, *, prompt_lengths=None, te
              top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
              generator: torch.Generator | None = None, allowed_tokens=None,
              callback: Callable[[torch.Tensor], None] | None = None, progress: bool | None = None,
-             cuda_graph: bool | None = None, block: int | None = None) -> torch.Tensor:
+             cuda_graph: bool | None = None, block: int | None = None, compile: bool = False) -> torch.Tensor:
     """Continue each prompt by ``n`` tokens; returns the new tokens, (batch, n) int64 on the model's device.
 
     prompt_ids: (batch, length) int64, rows right-padded when ``prompt_lengths`` (batch,) is given.
@@ -177,6 +193,8 @@ def generate(model, prompt_ids: torch.Tensor, n: int, *, prompt_lengths=None, te
     callback: called with each new block of tokens (batch, k) as it is produced (streaming).
     progress: tqdm bar (None = only for long generations). cuda_graph: capture the decoding
     block as a CUDA graph (None = on CUDA). block: steps per graph replay / callback.
+    compile: run the step through ``torch.compile`` (fewer, fused kernels: worth its compile time,
+    tens of seconds, for long generations with small models, e.g. audio at batch 1).
     """
     _check_model(model)
     params = SamplingParams(float(temperature), top_k, float(top_p))
@@ -214,7 +232,7 @@ def generate(model, prompt_ids: torch.Tensor, n: int, *, prompt_lengths=None, te
             model(prompt_ids[:, : lmin - 1], cache)
         seq = torch.zeros(batch, lmax + n, dtype=torch.long, device=device)
         seq[:, :lmax] = prompt_ids[:, :lmax]
-        dec = _Decoder(model, cache, batch, block, vocab, params, allowed, device, use_graph)
+        dec = _Decoder(model, cache, batch, block, vocab, params, allowed, device, use_graph, compile)
         dec.cur.copy_(prompt_ids[:, lmin - 1])
         positions = torch.arange(lmax + n, device=device)
         in_prompt = positions[None, :] < lengths.to(device)[:, None]  # (batch, lmax + n)
