@@ -220,6 +220,14 @@ def test_short_files_padded_and_masked_or_dropped():
     val = batches(dm.val_dataloader())
     assert sum(len(b["window_id"]) for b in val) == 10 * 3  # 3 whole tiles per 1 s clip, tail dropped
     assert all((b["labels"] != -100).all() for b in val)
+    # dropping keeps file_index pointing into the split's file list: 1 s clips go, the piano stays
+    mixed = [str(p) for p in sorted(ASSETS["digits"].glob("one/*.flac"))] + [PIANO]
+    dm = WaveformDataModule(mixed, seq_len=20000, batch_size=4, short="drop", windows_per_epoch=8,
+                            splits={"train": mixed}, return_positions=True)
+    dm.setup()
+    piano_index = [str(p) for p in dm.files["train"]].index(PIANO)
+    b = next(iter(dm.train_dataloader()))
+    assert (b["file_index"] == piano_index).all() and (b["labels"] != -100).all()
 
 
 def test_peak_normalisation_scales_each_window_to_full_scale():

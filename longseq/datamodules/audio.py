@@ -242,8 +242,10 @@ class WaveformWindows(IterableDataset):
         self.seed, self.epoch, self.num_workers = seed, epoch, num_workers
         self.return_positions = return_positions
         need = self.seq_len + 1
-        self.sources = [s for s in sources if short == "pad" or s.frames >= need]
-        if not self.sources:
+        # all sources stay (file_index keeps meaning the split's file list); dropped ones get no windows
+        self.sources = list(sources)
+        usable = [short == "pad" or s.frames >= need for s in self.sources]
+        if not any(usable):
             raise ValueError(f"no file has the {need} samples a window of seq_len={seq_len} needs "
                              f"(short='drop'); use short='pad' or a shorter seq_len")
         self.reader = WindowReader()
@@ -257,9 +259,10 @@ class WaveformWindows(IterableDataset):
             self.num_windows = len(self._tile_file)
         else:
             frames = np.array([s.frames for s in self.sources], dtype=np.int64)
-            starts = np.maximum(frames - self.seq_len, 1)  # number of valid start frames
+            starts = np.maximum(frames - self.seq_len, 1) * np.array(usable)  # valid start frames
             self._cum = np.cumsum(starts)
-            self.num_windows = int(windows_per_epoch or max(1, int(frames.sum()) // self.seq_len))
+            total = int((frames * np.array(usable)).sum())
+            self.num_windows = int(windows_per_epoch or max(1, total // self.seq_len))
 
     # which windows (file index, start frame, window id) this shard owns
     def _windows(self, shard_id: int, num_shards: int) -> Iterator[tuple[int, int, int]]:
@@ -389,7 +392,8 @@ class WaveformDataModule(pl.LightningDataModule):
         cache_dir: where resampled copies go (default ``$LONGSEQ_CACHE/audio`` or
             ``~/.cache/longseq/audio``). Nothing is ever written next to the data.
         num_workers, pin_memory: passed to the DataLoaders. seed: base seed of random windows.
-        return_positions: add ``file_index`` and ``start`` (B,) to each batch (for checks).
+        return_positions: add ``file_index`` (index into ``sources[split]``, which follows
+            ``files[split]`` with ``split_by="file"``) and ``start`` (frame in that source) (B,).
 
     Attributes: ``tokenizer``, ``sample_rate``, ``files`` ({split: [paths]}) after ``setup()``.
     Implements ``set_stage(seq_len, batch_size)`` for ``SequenceLengthWarmup``.
@@ -445,6 +449,9 @@ class WaveformDataModule(pl.LightningDataModule):
 
     # -- files ---------------------------------------------------------------------------------
     def _source(self, info: AudioInfo) -> Source:
+        if self.channel is not None and not -info.channels <= self.channel < info.channels:
+            raise AudioFileError(f"{info.path}: has {info.channels} channel(s); channel={self.channel} "
+                                 "does not exist")
         if info.samplerate == self.sample_rate:
             int16_mono = info.channels == 1 and info.subtype == "PCM_16" and self.channel in (None, 0, -1)
             return Source(info.path, info.path, info.frames, self.channel, int16_mono=int16_mono)
