@@ -527,3 +527,7 @@ class WaveformDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", "tiled")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split's tiles (``window_id`` says which), e.g. for per-window bits per sample."""
+        return self._loader("test", "tiled")
