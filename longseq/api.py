@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import pathlib
 import pickle
 import tempfile
 import zipfile
@@ -41,6 +42,7 @@ _TOKENIZERS = {"nucleotidetokenizer": NucleotideTokenizer, "nucleotide": Nucleot
                "mulawtokenizer": MuLawTokenizer, "mu-law": MuLawTokenizer, "mulaw": MuLawTokenizer,
                "mu_law": MuLawTokenizer}
 _TASKS = ("next_base", "species", "waveform")
+_SAFE_GLOBALS = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -64,9 +66,13 @@ def build_tokenizer(spec, where: str = "metadata"):
 def _read_checkpoint(path: Path):
     """(model, metadata) from a Lightning checkpoint holding ``checkpoint["longseq"]``."""
     try:
-        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+        # weights_only: never run code from a file. Paths (data module hyper-parameters given
+        # as pathlib objects) are plain data and allowed.
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            ckpt = torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else type(e).__name__)
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({first}). longseq.load takes a "
                          "Lightning .ckpt written by longseq's tasks or a save_pretrained directory") from None
     if not isinstance(ckpt, dict) or "longseq" not in ckpt:
