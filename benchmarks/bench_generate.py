@@ -90,6 +90,9 @@ def main(argv=None):
     p.add_argument("--dna-d-model", type=int, default=128), p.add_argument("--dna-layers", type=int, default=4)
     p.add_argument("--audio-d-model", type=int, default=64), p.add_argument("--audio-layers", type=int, default=4)
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--models", default="dna,audio", help="which of dna,audio to time")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0, help="(the API's default: plain sampling)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 suits token-by-token decoding of small models best)")
     p.add_argument("--out", default=None, help="JSON path (default docs/benchmarks/generate_<device>.json)")
@@ -124,7 +127,7 @@ def main(argv=None):
         tmp.write_text(json.dumps({"env": env, "models": models, "args": vars(args), "results": rows}, indent=2))
         os.replace(tmp, out_path)
 
-    for kind in ("dna", "audio"):
+    for kind in args.models.split(","):
         model = build(kind, args, device, dtype)
         models[kind] = {**model.config.to_dict(), "parameters": sum(p.numel() for p in model.parameters())}
         allowed = range(4) if kind == "dna" else range(256)
@@ -140,7 +143,8 @@ def main(argv=None):
                     variants.append(("engine-compile", dict(compile=True), n_engine, repeats))
             for name, kw, n, reps in variants:
                 try:
-                    run = lambda: generate(model, prompt, n, temperature=1.0, top_p=0.95, seed=0,  # noqa: E731
+                    run = lambda: generate(model, prompt, n, temperature=args.temperature, top_p=args.top_p,  # noqa: E731
+                                           seed=0,
                                            allowed_tokens=allowed, progress=False, **kw)
                     warm = timed(run, 1, device)[0]  # compilation, autotuning, graph capture paths
                     times = timed(run, reps, device)
@@ -157,7 +161,7 @@ def main(argv=None):
             if not args.skip_naive:
                 n = args.tokens
                 try:
-                    times = timed(lambda: naive_generate(model, prompt, n, temperature=1.0, top_p=0.95, seed=0,
+                    times = timed(lambda: naive_generate(model, prompt, n, temperature=args.temperature, top_p=args.top_p, seed=0,
                                                          allowed_tokens=allowed), args.naive_repeats, device)
                     med = statistics.median(times)
                     engine = next((r for r in rows if r.get("model") == kind and r.get("batch") == batch

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["SamplingParams", "sample", "generate", "naive_generate"]
+__all__ = ["SamplingParams", "sample", "gumbel_", "generate", "naive_generate"]
 
 PROGRESS_MIN_STEPS = 4096  # below this, a progress bar is only noise
 
@@ -50,21 +50,29 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def sample(logits: torch.Tensor, uniform: torch.Tensor | None, params: SamplingParams,
+def gumbel_(uniform: torch.Tensor) -> torch.Tensor:
+    """Turn U(0, 1) noise into standard Gumbel noise, in place: -log(-log(u))."""
+    tiny, eps = torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).eps
+    return uniform.clamp_(min=tiny, max=1 - eps).log_().neg_().log_().neg_()
+
+
+def sample(logits: torch.Tensor, gumbel: torch.Tensor | None, params: SamplingParams,
            allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Draw one token per row of ``logits`` (batch, vocab) -> (batch,) int64.
 
-    ``uniform`` (batch, vocab) holds U(0, 1) noise; argmax(logits/T + Gumbel(noise)) is an exact
-    sample of softmax(logits/T). ``allowed`` (vocab,) bool restricts the choice (e.g. to A C G T).
-    Top-k keeps the k largest logits (ties at the k-th kept); top-p keeps the smallest set of most
-    likely tokens whose probability reaches p. No host synchronisation, so it can be graph-captured.
+    ``gumbel`` (batch, vocab) holds standard Gumbel noise (``gumbel_(torch.rand(...))``);
+    argmax(logits/T + gumbel) is an exact sample of softmax(logits/T). ``allowed`` (vocab,) bool
+    restricts the choice (e.g. to A C G T). Top-k keeps the k largest logits (ties at the k-th
+    kept); top-p keeps the smallest set of most likely tokens whose probability reaches p.
+    No host synchronisation, so it can be captured in a CUDA graph.
     """
     logits = logits.float()
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))
     if params.greedy:
         return logits.argmax(-1)
-    logits = logits / params.temperature
+    if params.temperature != 1:
+        logits = logits / params.temperature
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = logits.topk(params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -74,8 +82,7 @@ def sample(logits: torch.Tensor, uniform: torch.Tensor | None, params: SamplingP
         before = probs.cumsum(-1) - probs  # probability mass of the strictly more likely tokens
         drop = (before >= params.top_p).scatter(-1, order, before >= params.top_p)
         logits = logits.masked_fill(drop, float("-inf"))
-    u = uniform.clamp(min=torch.finfo(torch.float32).tiny, max=1 - torch.finfo(torch.float32).eps)
-    return (logits - torch.log(-torch.log(u))).argmax(-1)
+    return (logits + gumbel).argmax(-1)
 
 
 def _compiled_step(model):
@@ -105,15 +112,19 @@ class _Decoder:
         self.forced = torch.zeros(block, batch, dtype=torch.long, device=device)
         self.force = torch.zeros(block, batch, dtype=torch.bool, device=device)
         self.out = torch.zeros(block, batch, dtype=torch.long, device=device)
+        # Plain sampling restricted to some tokens: put the restriction into the noise once per
+        # block (-inf noise never wins the argmax) instead of masking the logits at every step.
+        filtering = params.top_k or params.top_p < 1
+        self.fold = allowed is not None and not params.greedy and not filtering
         self.graph = self._capture() if cuda_graph else None
 
     def _steps(self):
         for k in range(self.block):
             logits = self.step_fn(self.cur, self.cache)
-            tok = sample(logits, None if self.noise is None else self.noise[k], self.params, self.allowed)
-            tok = torch.where(self.force[k], self.forced[k], tok)
-            self.out[k].copy_(tok)
-            self.cur.copy_(tok)
+            tok = sample(logits, None if self.noise is None else self.noise[k], self.params,
+                         None if self.fold else self.allowed)
+            torch.where(self.force[k], self.forced[k], tok, out=self.out[k])
+            self.cur.copy_(self.out[k])
 
     def _capture(self):
         # Warm-up runs (Triton compilation, cuBLAS workspaces) must not advance the real state:
@@ -121,7 +132,7 @@ class _Decoder:
         saved = [(lc.conv_state.clone(), lc.ssm_state.clone()) for lc in self.cache.layers]
         cur, offset = self.cur.clone(), self.cache.seqlen_offset
         if self.noise is not None:
-            self.noise.uniform_()
+            self._fill_noise(None)
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -144,10 +155,15 @@ class _Decoder:
             self.cache.seqlen_offset = offset
         return graph
 
+    def _fill_noise(self, generator) -> None:
+        gumbel_(self.noise.uniform_(generator=generator))
+        if self.fold:
+            self.noise.masked_fill_(~self.allowed, float("-inf"))
+
     def run(self, generator) -> torch.Tensor:
         """Decode one block; ``forced``/``force`` must be filled. Returns ``out`` (block, batch)."""
         if self.noise is not None:
-            self.noise.uniform_(generator=generator)
+            self._fill_noise(generator)
         if self.graph is not None:
             self.graph.replay()
         else:
@@ -296,7 +312,8 @@ def naive_generate(model, prompt_ids: torch.Tensor, n: int, *, temperature: floa
     try:
         for _ in range(n):
             logits = model(seq)[:, -1]
-            noise = None if params.greedy else torch.rand(1, *logits.shape, generator=generator, device=device)[0]
+            noise = None if params.greedy else gumbel_(torch.rand(1, *logits.shape, generator=generator,
+                                                                   device=device)[0])
             seq = torch.cat([seq, sample(logits, noise, params, allowed)[:, None]], 1)
     finally:
         model.train(was_training)

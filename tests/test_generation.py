@@ -8,7 +8,7 @@ import torch
 
 import longseq
 from longseq import MambaConfig, MambaLM, NucleotideTokenizer
-from longseq.generation import SamplingParams, generate, naive_generate, sample
+from longseq.generation import SamplingParams, generate, gumbel_, naive_generate, sample
 
 ECOLI = Path(longseq.__file__).parent / "assets" / "dna" / "species" / "Escherichia_coli" / "K12_MG1655.fa.gz"
 
@@ -50,7 +50,9 @@ def test_greedy_prefill_and_step_equal_rerunning_full_forward_200_steps():
 
 
 @pytest.mark.parametrize("params", [dict(temperature=1.0), dict(temperature=0.7, top_k=3),
-                                    dict(temperature=1.3, top_p=0.8), dict(temperature=1.0, top_k=5, top_p=0.9)])
+                                    dict(temperature=1.3, top_p=0.8), dict(temperature=1.0, top_k=5, top_p=0.9),
+                                    dict(temperature=1.0, allowed_tokens=range(5)),
+                                    dict(temperature=0.8, top_k=3, allowed_tokens=[1, 3, 4, 7])])
 def test_sampling_from_step_equals_naive_with_the_same_noise(params):
     model = sharp_lm(1, vocab_size=11, d_state=4)
     prompt = torch.randint(0, 11, (3, 9), generator=torch.Generator().manual_seed(5))
@@ -106,7 +108,7 @@ def test_sample_distribution_matches_softmax_with_filters(temperature, top_k, to
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(7, generator=g) * 1.5
     n = 40_000
-    draws = sample(logits.expand(n, 7), torch.rand(n, 7, generator=g), SamplingParams(temperature, top_k, top_p))
+    draws = sample(logits.expand(n, 7), gumbel_(torch.rand(n, 7, generator=g)), SamplingParams(temperature, top_k, top_p))
     freq = torch.bincount(draws, minlength=7).double() / n
     expected = torch.tensor(_expected_probs(logits.tolist(), temperature, top_k, top_p), dtype=torch.float64)
     sigma = (expected * (1 - expected) / n).sqrt()
@@ -119,8 +121,9 @@ def test_greedy_sample_and_allowed_mask():
     assert sample(logits, None, SamplingParams(temperature=0)).tolist() == [1, 3]
     allowed = torch.tensor([True, False, True, False])
     assert sample(logits, None, SamplingParams(temperature=0), allowed).tolist() == [2, 0]
-    u = torch.rand(2, 4, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
     for _ in range(5):
+        u = gumbel_(torch.rand(2, 4, generator=g))
         assert all(t in (0, 2) for t in sample(logits, u, SamplingParams(), allowed).tolist())
 
 
