@@ -7,7 +7,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from ..tokenizers import NucleotideTokenizer
-from ._windows import Region, WindowDataset, evenly_spaced, tile_starts
+from ._windows import Region, WindowDataset, WindowLoader, evenly_spaced, tile_starts
 
 SPLITS = ("train", "val", "test")
 
@@ -138,8 +138,8 @@ class WindowDataModule(LightningDataModule):
                                 epoch=self._epoch(), num_workers=self.num_workers)
         # Persistent train workers keep their dataset copy, so its epoch counter advances (fresh
         # random windows every epoch) even when the trainer does not rebuild the loader.
-        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=train and self.num_workers > 0)
+        return WindowLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                            persistent_workers=train and self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from torch.utils.data import IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from .sharding import rank_and_world, shard_context, shard_seed, split_range
 
@@ -52,6 +52,15 @@ def tile_starts(region: Region, span: int) -> np.ndarray:
     return starts
 
 
+class WindowLoader(DataLoader):
+    """A DataLoader over a WindowDataset that expands each compact batch as it arrives."""
+
+    def __iter__(self):
+        expand = self.dataset.source.expand
+        for batch in super().__iter__():
+            yield expand(batch)
+
+
 def evenly_spaced(n: int, k: int | None) -> np.ndarray:
     """``k`` indices spread evenly over ``range(n)`` (all of them when k is None or >= n)."""
     if k is None or k >= n:
@@ -63,8 +72,11 @@ class WindowDataset(IterableDataset):
     """Yields ready-made batches (use ``DataLoader(batch_size=None)``) from a window ``source``.
 
     ``source`` must provide ``draw(rng, n)`` (random windows) and ``tiles()`` (deterministic
-    windows), both as a pair of int64 arrays ``(region_index, start)``, and ``batch(region_index,
-    start, rng) -> dict`` (rng None: no augmentation); it is pickled into each worker.
+    windows), both as a pair of int64 arrays ``(region_index, start)``, ``batch(region_index,
+    start, rng) -> dict`` (rng None: no augmentation) and ``expand(batch) -> dict``; it is
+    pickled into each worker. Batches leave the workers compact (uint8 codes, 1 byte a base) and
+    ``WindowLoader`` expands them to the int64 contract in the main process: shipping int64
+    between processes costs 8x the bytes and capped a worker at ~50 Mb/s.
 
     Args:
         train: random windows (``samples`` per epoch over all shards, each shard seeded by

@@ -72,7 +72,10 @@ class SpeciesWindows(RegionWindows):
     def batch(self, idx, starts, rng):
         ids, wids = self.ids(idx, starts, rng, self.rc_aug)
         labels = torch.tensor([self.regions[i].label for i in idx.tolist()], dtype=torch.long)
-        return {"input_ids": torch.from_numpy(ids.astype(np.int64)), "label": labels, "window_id": wids}
+        return {"codes": torch.from_numpy(ids), "label": labels, "window_id": wids}
+
+    def expand(self, batch):
+        return {"input_ids": torch.from_numpy(batch.pop("codes").numpy().astype(np.int64)), **batch}
 
 
 class SpeciesDataModule(WindowDataModule):
