@@ -211,3 +211,19 @@ def test_bad_arguments():
         GenomeDataModule(bed="x.bed", splits={"train": ["a"]})
     with pytest.raises(FastaError, match="FASTA file not found: .*missing.fa"):
         GenomeDataModule("missing.fa").setup()
+
+
+def test_workers_deliver_the_same_tiles_as_the_main_process():
+    """Workers ship compact uint8 codes; the loader expands them: same batches as in-process."""
+    def by_window(num_workers):
+        dm = GenomeDataModule(VIBRIO, seq_len=3000, batch_size=5, num_workers=num_workers, max_eval_windows=40)
+        out = {}
+        for b in dm.val_dataloader():
+            assert b["input_ids"].dtype == b["labels"].dtype == torch.long
+            for i, w in enumerate(b["window_id"].tolist()):
+                out[w] = (b["input_ids"][i], b["labels"][i])
+        return out
+    main, workers = by_window(0), by_window(2)
+    assert sorted(main) == sorted(workers) and len(main) == 40
+    for w in main:
+        assert torch.equal(main[w][0], workers[w][0]) and torch.equal(main[w][1], workers[w][1])
