@@ -71,6 +71,32 @@ def timed(fn, repeats: int, device) -> list[float]:
     return out
 
 
+def markdown(env, models, args, rows) -> str:
+    """The results as a Markdown table (written beside the JSON)."""
+    lines = [f"Generation on {env['device']} ({env['date']}): torch {env['torch']}, triton {env['triton']}, "
+             f"{env['dtype']}, kernels: {env['backend']}, CPU threads {env['threads']}. "
+             f"Sampling: temperature {args.temperature}, top_p {args.top_p}.", ""]
+    for kind, cfg in models.items():
+        lines.append(f"- {kind}: d_model {cfg['d_model']}, n_layer {cfg['n_layer']}, vocab {cfg['vocab_size']}, "
+                     f"{cfg['parameters'] / 1e6:.2f} M parameters")
+    lines += ["", "| model | method | batch | new tokens | median s | tokens/s | per stream /s | RTF (16 kHz) | vs naive |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['method']} | {r['batch']} | error: {r['error'][:120]} | | | | | |")
+            continue
+        naive = next((x for x in rows if x.get("method") == "naive" and x["model"] == r["model"]
+                      and x["batch"] == r["batch"] and "tokens_per_s" in x), None)
+        speed = f"{r['tokens_per_s'] / naive['tokens_per_s']:.1f}x" if naive and r["method"] != "naive" else ""
+        rtf = f"{r['real_time_factor']:.3f}" if "real_time_factor" in r else ""
+        lines.append(f"| {r['model']} | {r['method']} | {r['batch']} | {r['new_tokens']} | {r['seconds_median']:.4f} | "
+                     f"{r['tokens_per_s']:.0f} | {r['tokens_per_s'] / r['batch']:.0f} | {rtf} | {speed} |")
+    lines += ["", "RTF = generation time / audio duration per stream (< 1: faster than real time). "
+              "'vs naive' = tokens/s over the naive loop's tokens/s at the same batch (naive: "
+              f"{args.naive_tokens or args.tokens} new tokens; its cost per token grows with length).", ""]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -84,6 +110,8 @@ def main(argv=None):
     p.add_argument("--prompt", type=int, default=256, help="DNA prompt length (real E. coli bases)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per point (default: 3 CUDA, 1 CPU)")
     p.add_argument("--naive-repeats", type=int, default=1)
+    p.add_argument("--naive-tokens", type=int, default=None,
+                   help="new tokens for the naive loop (default --tokens; its cost grows as tokens^2)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd steps (CUDA, audio model)")
     p.add_argument("--compile-batches", default="1", help="batches to time with --compile (each compiles anew)")
     p.add_argument("--dna-model"), p.add_argument("--audio-model")
@@ -96,7 +124,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 suits token-by-token decoding of small models best)")
     p.add_argument("--out", default=None, help="JSON path (default docs/benchmarks/generate_<device>.json)")
+    p.add_argument("--render", metavar="JSON", help="only rewrite the Markdown table of an existing result JSON")
     args = p.parse_args(argv)
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+        saved = argparse.Namespace(**{**vars(args), **data["args"]})
+        Path(args.render).with_suffix(".md").write_text(markdown(data["env"], data["models"], saved, data["results"]))
+        return
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -159,7 +193,7 @@ def main(argv=None):
                 except Exception as e:  # keep measuring the other points; the JSON says what failed
                     record({"model": kind, "method": name, "batch": batch, "error": f"{type(e).__name__}: {e}"})
             if not args.skip_naive:
-                n = args.tokens
+                n = args.naive_tokens or args.tokens
                 try:
                     times = timed(lambda: naive_generate(model, prompt, n, temperature=args.temperature, top_p=args.top_p, seed=0,
                                                          allowed_tokens=allowed), args.naive_repeats, device)
@@ -174,19 +208,11 @@ def main(argv=None):
                 except Exception as e:
                     record({"model": kind, "method": "naive", "batch": batch, "error": f"{type(e).__name__}: {e}"})
 
-    print(f"\n{env['device']} | torch {env['torch']} | {args.dtype} | backend {env['backend']}")
-    print(f"{'model':6} {'method':15} {'batch':>5} {'new':>6} {'median s':>9} {'tok/s':>10} {'RTF':>7} {'vs naive':>8}")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['model']:6} {r['method']:15} {r['batch']:>5} ERROR {r['error'][:80]}")
-            continue
-        naive = next((x for x in rows if x.get("method") == "naive" and x["model"] == r["model"]
-                      and x["batch"] == r["batch"] and "tokens_per_s" in x), None)
-        speed = f"{r['tokens_per_s'] / naive['tokens_per_s']:.1f}x" if naive and r["method"] != "naive" else ""
-        rtf = f"{r['real_time_factor']:.3f}" if "real_time_factor" in r else ""
-        print(f"{r['model']:6} {r['method']:15} {r['batch']:>5} {r['new_tokens']:>6} {r['seconds_median']:>9.4f} "
-              f"{r['tokens_per_s']:>10.0f} {rtf:>7} {speed:>8}")
-    print(f"wrote {out_path}")
+    table = markdown(env, models, args, rows)
+    print("\n" + table)
+    md = out_path.with_suffix(".md")
+    md.write_text(table)
+    print(f"wrote {out_path} and {md}")
 
 
 if __name__ == "__main__":

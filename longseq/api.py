@@ -107,8 +107,8 @@ def _read_checkpoint(path: Path):
         raise ValueError(f"{path}: weights do not fit the {arch} its config describes: "
                          f"{lines[0] if lines else e}{more}") from None
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match {arch}{tuple(cfg.items())[:3]}...: "
-                         f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        raise ValueError(f"{path}: weights do not match {arch}: missing {sorted(missing)}, "
+                         f"unexpected {sorted(unexpected)}")
     return model, metadata
 
 
@@ -134,8 +134,8 @@ def load(path, device=None, dtype: torch.dtype | None = None) -> "Pipeline":
     model = model.to(device=device or "cpu", dtype=dtype).eval()
     task = metadata.get("task")
     if task is None:  # older or hand-made models: infer the task from the model and its tokenizer
-        tok = str((metadata.get("tokenizer") or {}).get("type", "") if isinstance(metadata.get("tokenizer"), dict)
-                  else metadata.get("tokenizer", "")).lower()
+        spec = metadata.get("tokenizer")
+        tok = str((spec.get("type") if isinstance(spec, dict) else spec) or "").lower()
         task = "species" if isinstance(model, MambaClassifier) else ("waveform" if "law" in tok else "next_base")
     if task not in _TASKS:
         raise ValueError(f"{path}: metadata 'task' is {task!r}; known tasks: {list(_TASKS)}")
