@@ -17,6 +17,7 @@ the cache directory (``cache_dir``, default ``$LONGSEQ_CACHE/audio`` or ``~/.cac
 from __future__ import annotations
 
 import glob
+import itertools
 import math
 import os
 import re
@@ -328,10 +329,9 @@ class WaveformWindows(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         shard_id, num_shards = shard_context()
-        windows = list(self._windows(shard_id, num_shards))
+        windows = self._windows(shard_id, num_shards)
         L, B = self.seq_len, self.batch_size
-        for b0 in range(0, len(windows), B):
-            chunk = windows[b0:b0 + B]
+        while chunk := list(itertools.islice(windows, B)):
             ids = torch.empty(len(chunk), L, dtype=torch.long)
             labels = torch.empty(len(chunk), L, dtype=torch.long)
             for row, (f, s, _) in enumerate(chunk):
