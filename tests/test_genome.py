@@ -227,3 +227,20 @@ def test_workers_deliver_the_same_tiles_as_the_main_process():
     assert sorted(main) == sorted(workers) and len(main) == 40
     for w in main:
         assert torch.equal(main[w][0], workers[w][0]) and torch.equal(main[w][1], workers[w][1])
+
+
+def test_tiled_training_covers_every_tile_once_per_epoch_in_a_new_order():
+    seq, _ = genome(bundled_genome())
+    n_train = round(len(seq) * 0.8)
+    expected = list(range(0, n_train - 20001 + 1, 20001))
+    if expected[-1] != n_train - 20001:
+        expected.append(n_train - 20001)
+    dm = GenomeDataModule(seq_len=20000, batch_size=8, train_sampling="tiled", num_workers=2)
+    loader = dm.train_dataloader()
+    epochs = [torch.cat([b["window_id"] for b in loader]).tolist() for _ in range(2)]
+    for got in epochs:
+        assert sorted(got) == expected
+    assert epochs[0] != epochs[1]
+    assert len(loader) == sum(1 for _ in loader)
+    with pytest.raises(ValueError, match="train_sampling must be"):
+        GenomeDataModule(train_sampling="shuffled")

@@ -132,10 +132,11 @@ class WindowDataModule(LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         source = self._source(split, train)
         samples = 0
-        if train:
+        tiled = train and getattr(self, "train_sampling", "random") == "tiled"
+        if train and not tiled:
             samples = self.samples_per_epoch or max(self.batch_size, int(source.num_starts.sum()) // self.seq_len)
         dataset = WindowDataset(source, self.batch_size, train=train, samples=samples, seed=self.seed,
-                                epoch=self._epoch(), num_workers=self.num_workers)
+                                epoch=self._epoch(), num_workers=self.num_workers, tiled=tiled)
         # Persistent train workers keep their dataset copy, so its epoch counter advances (fresh
         # random windows every epoch) even when the trainer does not rebuild the loader.
         return WindowLoader(dataset, batch_size=None, num_workers=self.num_workers,

@@ -81,19 +81,21 @@ class WindowDataset(IterableDataset):
     Args:
         train: random windows (``samples`` per epoch over all shards, each shard seeded by
             ``shard_seed(seed, epoch, shard)``) or, if False, every tile once across all shards.
+        tiled: with ``train``, every tile once per epoch instead of random windows, in an order
+            shuffled per epoch (the same permutation on every shard, which then takes its block).
         epoch: epoch of the first iteration; each further ``iter()`` in the same process (the
             main process, or a persistent worker) advances it by one.
         num_workers: the DataLoader's worker count (to know the shard count in ``__len__``).
     """
 
     def __init__(self, source, batch_size: int, train: bool, samples: int = 0, seed: int = 0,
-                 epoch: int = 0, num_workers: int = 0):
+                 epoch: int = 0, num_workers: int = 0, tiled: bool = False):
         super().__init__()
         self.source, self.batch_size, self.train = source, batch_size, train
         self.samples, self.seed, self.epoch = samples, seed, epoch
         self.num_workers = max(1, num_workers)
         self.rank_world = rank_and_world()      # for workers that do not inherit the process group
-        self._tiles = None if train else source.tiles()
+        self._tiles = source.tiles() if (tiled or not train) else None
 
     def _train_batches_per_shard(self, num_shards: int) -> int:
         return math.ceil(self.samples / (num_shards * self.batch_size))
@@ -102,7 +104,7 @@ class WindowDataset(IterableDataset):
         """Batches this rank yields (over all of its workers)."""
         rank, world = self.rank_world
         shards = world * self.num_workers
-        if self.train:
+        if self._tiles is None:
             return self._train_batches_per_shard(shards) * self.num_workers
         return sum(math.ceil(len(split_range(len(self._tiles[0]), rank * self.num_workers + w, shards))
                              / self.batch_size) for w in range(self.num_workers))
@@ -111,12 +113,15 @@ class WindowDataset(IterableDataset):
         shard, num_shards = shard_context()
         epoch, self.epoch = self.epoch, self.epoch + 1
         rng = np.random.default_rng(shard_seed(self.seed, epoch, shard))
-        if self.train:
+        if self._tiles is None:
             for _ in range(self._train_batches_per_shard(num_shards)):
                 yield self.source.batch(*self.source.draw(rng, self.batch_size), rng)
-        else:
-            regions, starts = self._tiles
-            block = split_range(len(starts), shard, num_shards)
-            for i in range(block.start, block.stop, self.batch_size):
-                j = min(i + self.batch_size, block.stop)
-                yield self.source.batch(regions[i:j], starts[i:j], None)
+            return
+        regions, starts = self._tiles
+        if self.train:
+            order = np.random.default_rng(shard_seed(self.seed, epoch, 0)).permutation(len(starts))
+            regions, starts = regions[order], starts[order]
+        block = split_range(len(starts), shard, num_shards)
+        for i in range(block.start, block.stop, self.batch_size):
+            j = min(i + self.batch_size, block.stop)
+            yield self.source.batch(regions[i:j], starts[i:j], rng if self.train else None)

@@ -129,8 +129,10 @@ class GenomeDataModule(WindowDataModule):
             train | test | val with the last ``val_fraction`` for val and the ``test_fraction``
             before it for test.
         rc_aug: reverse-complement half of the training windows.
-        samples_per_epoch: training windows per epoch over all ranks and workers (default: as
-            many as cover the training bases once at the current seq_len).
+        train_sampling: ``"random"`` (windows at uniformly random positions) or ``"tiled"``
+            (every tile of the training regions once per epoch, in a per-epoch shuffled order).
+        samples_per_epoch: random training windows per epoch over all ranks and workers
+            (default: as many as cover the training bases once at the current seq_len).
         max_eval_windows: cap on val/test windows (evenly spaced over the tiles); default all.
         num_workers: DataLoader workers per rank (each opens its own FASTA handle).
         seed: base seed; each (epoch, rank, worker) draws from its own derived seed.
@@ -145,11 +147,15 @@ class GenomeDataModule(WindowDataModule):
     def __init__(self, fasta: str | None = None, seq_len: int = 1024, batch_size: int = 8,
                  bed: str | None = None, splits: dict[str, list[str]] | None = None,
                  val_fraction: float = 0.1, test_fraction: float = 0.1, rc_aug: bool = True,
-                 samples_per_epoch: int | None = None, max_eval_windows: int | None = None,
-                 num_workers: int = 0, seed: int = 0, cache_dir: str | None = None):
+                 train_sampling: str = "random", samples_per_epoch: int | None = None,
+                 max_eval_windows: int | None = None, num_workers: int = 0, seed: int = 0,
+                 cache_dir: str | None = None):
         super().__init__(seq_len, batch_size, num_workers, seed, samples_per_epoch, max_eval_windows,
                          rc_aug, cache_dir)
         self.save_hyperparameters()
+        if train_sampling not in ("random", "tiled"):
+            raise ValueError(f"GenomeDataModule: train_sampling must be 'random' or 'tiled', got {train_sampling!r}")
+        self.train_sampling = train_sampling
         self.fasta_path = Path(fasta) if fasta is not None else bundled_genome()
         if bed is not None and splits is not None:
             raise ValueError("GenomeDataModule: give either bed or splits, not both")
