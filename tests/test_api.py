@@ -20,6 +20,16 @@ GENOMES = {"Escherichia_coli": ASSETS / "dna/species/Escherichia_coli/K12_MG1655
 PIANO = ASSETS / "audio/piano_16k/bwv846.flac"
 DNA_TOK = {"type": "NucleotideTokenizer", "kwargs": {}}
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Token-by-token work on tiny models: a second intra-op thread only adds synchronisation
+    (and on a busy 2-core machine it costs 10-40x); restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 
 def genome_bases(path: Path, start: int, n: int) -> str:
     """n real bases from ``start`` of the first record of a bundled genome (reads only what it needs)."""

@@ -16,6 +16,16 @@ from longseq.datamodules.genome import GenomeDataModule, bundled_genome
 pytest.importorskip("longseq.tasks")
 from longseq.tasks import NextBaseTask, SpeciesClassificationTask  # noqa: E402
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Token-by-token work on tiny models: a second intra-op thread only adds synchronisation
+    (and on a busy 2-core machine it costs 10-40x); restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 
 def train(task, dm, root: Path, steps: int = 3) -> Path:
     ckpt = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)

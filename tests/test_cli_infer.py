@@ -13,6 +13,16 @@ from longseq.cli_infer import main_classify, main_generate
 ASSETS = Path(longseq.__file__).parent / "assets"
 DNA_TOK = {"type": "NucleotideTokenizer", "kwargs": {}}
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Token-by-token work on tiny models: a second intra-op thread only adds synchronisation
+    (and on a busy 2-core machine it costs 10-40x); restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 
 def real_reads(n_reads=5, length=150):
     with gzip.open(ASSETS / "dna/species/Vibrio_cholerae/N16961_O1_El_Tor.fa.gz", "rt") as f:
