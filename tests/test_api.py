@@ -20,6 +20,7 @@ GENOMES = {"Escherichia_coli": ASSETS / "dna/species/Escherichia_coli/K12_MG1655
 PIANO = ASSETS / "audio/piano_16k/bwv846.flac"
 DNA_TOK = {"type": "NucleotideTokenizer", "kwargs": {}}
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Token-by-token work on tiny models: a second intra-op thread only adds synchronisation

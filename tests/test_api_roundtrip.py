@@ -16,6 +16,7 @@ from longseq.datamodules.genome import GenomeDataModule, bundled_genome
 pytest.importorskip("longseq.tasks")
 from longseq.tasks import NextBaseTask, SpeciesClassificationTask  # noqa: E402
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Token-by-token work on tiny models: a second intra-op thread only adds synchronisation

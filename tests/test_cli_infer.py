@@ -13,6 +13,7 @@ from longseq.cli_infer import main_classify, main_generate
 ASSETS = Path(longseq.__file__).parent / "assets"
 DNA_TOK = {"type": "NucleotideTokenizer", "kwargs": {}}
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Token-by-token work on tiny models: a second intra-op thread only adds synchronisation

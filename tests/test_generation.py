@@ -12,6 +12,7 @@ from longseq.generation import SamplingParams, generate, gumbel_, naive_generate
 
 ECOLI = Path(longseq.__file__).parent / "assets" / "dna" / "species" / "Escherichia_coli" / "K12_MG1655.fa.gz"
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Token-by-token work on tiny models: a second intra-op thread only adds synchronisation
