@@ -8,7 +8,7 @@ and 16, on the CPU or a CUDA device:
 - ``engine-compile`` (CUDA, --compile): the step through torch.compile, inside the graph;
 - ``naive``: ``naive_generate``, the full forward over the whole sequence for every new token.
 
-Models are random-initialised at the demo sizes (speed does not depend on the weights), or a
+Models are random-initialised at the demo sizes (d_model 64, 2 layers, d_state 16: configs/*_demo.yaml) (speed does not depend on the weights), or a
 trained model given with --dna-model / --audio-model. Prints a table and writes JSON (device,
 versions, sizes, median seconds). Imports only torch, numpy, tqdm and longseq, so it runs on the
 lent GPU machine as is. Example:
@@ -115,8 +115,9 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd steps (CUDA, audio model)")
     p.add_argument("--compile-batches", default="1", help="batches to time with --compile (each compiles anew)")
     p.add_argument("--dna-model"), p.add_argument("--audio-model")
-    p.add_argument("--dna-d-model", type=int, default=128), p.add_argument("--dna-layers", type=int, default=4)
-    p.add_argument("--audio-d-model", type=int, default=64), p.add_argument("--audio-layers", type=int, default=4)
+    # defaults: the demo models (configs/dna_nextbase_demo.yaml, configs/audio_demo.yaml)
+    p.add_argument("--dna-d-model", type=int, default=64), p.add_argument("--dna-layers", type=int, default=2)
+    p.add_argument("--audio-d-model", type=int, default=64), p.add_argument("--audio-layers", type=int, default=2)
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--models", default="dna,audio", help="which of dna,audio to time")
     p.add_argument("--temperature", type=float, default=1.0)
