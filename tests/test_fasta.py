@@ -108,13 +108,20 @@ def test_plain_fasta_index_and_stale_index(cache, tmp_path):
     check_random_fetches(fa, ref, n=50)
 
 
-def test_irregular_line_widths_are_rewrapped_into_the_cache(cache, tmp_path):
+@pytest.mark.parametrize("bgzip", [False, True])
+def test_irregular_line_widths_are_rewrapped_into_the_cache(cache, tmp_path, bgzip):
     ref = records(KLEBSIELLA)
     src = tmp_path / "ragged.fa"
     write_fasta(src, ref, lambda k: 50 + (k * 7) % 31)
+    if bgzip:
+        with open(src, "rb") as f, bgzf.BgzfWriter(str(src) + ".gz", "wb") as out:
+            out.write(f.read())
+        src.unlink()
+        src = tmp_path / "ragged.fa.gz"
     with pytest.warns(UserWarning, match="irregular line widths"):
         fa = IndexedFasta(src)
     assert str(fa.path).startswith(str(cache))
+    assert sorted(os.listdir(tmp_path)) == ["cache", src.name]     # no stray index next to the input
     check_random_fetches(fa, ref, n=100)
 
 

@@ -241,12 +241,13 @@ class IndexedFasta:
         try:
             self._index()
         except pyfaidx.FastaIndexingError as e:
-            if "not consistent" not in str(e) or self.compression == "bgzip":
+            if "not consistent" not in str(e):
                 raise FastaError(f"{self.source}: {e}") from None
             warnings.warn(f"{self.source}: irregular line widths ({e}); pyfaidx needs one width per "
                           f"record, so a re-wrapped copy is used from the cache ({self.cache / 'fasta'})",
                           stacklevel=2)
-            self.path = self._cached_copy("plain")
+            self.path = self._cached_copy(compression)
+            self.compression = "plain"
             self._index()
         self.contigs = self._read_fai()
         empty = [name for name, length in self.contigs.items() if length == 0]
