@@ -400,13 +400,14 @@ class DNAPipeline(_LMPipeline):
 
     def generate(self, prompt=None, n: int = 1000, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int | None = None, num_samples: int = 1, allow_n: bool = False,
-                 progress: bool | None = None):
+                 progress: bool | None = None, compile: bool = False):
         """Continue ``prompt`` by ``n`` bases sampled from the model.
 
         prompt: a DNA string, a list of them (one continuation each), or None (the first base is
         then drawn uniformly, as the model has no context). Returns the new bases only: a string,
         or a list when ``prompt`` is a list or ``num_samples > 1``. ``temperature=0`` is greedy.
         Only A C G T are generated (and N with ``allow_n=True``). Same seed, same output.
+        compile: run the decoding step through torch.compile (see ``longseq.generation.generate``).
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n (bases to generate) must be a positive integer; got {n!r}")
@@ -431,7 +432,7 @@ class DNAPipeline(_LMPipeline):
         if n_new > 0:
             new = generation.generate(self.model, padded, n_new, prompt_lengths=lengths, temperature=temperature,
                                       top_k=top_k, top_p=top_p, generator=g, allowed_tokens=allowed,
-                                      progress=progress).cpu()
+                                      progress=progress, compile=compile).cpu()
         else:
             new = torch.zeros(len(ids_list), 0, dtype=torch.long)
         if skip_first:
@@ -570,13 +571,17 @@ class AudioPipeline(_LMPipeline):
 
     def generate(self, seconds: float | None = None, prompt_wav=None, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int | None = None, num_samples: int = 1, n_samples: int | None = None,
-                 callback: Callable[[torch.Tensor], None] | None = None, progress: bool | None = None) -> Audio:
+                 callback: Callable[[torch.Tensor], None] | None = None, progress: bool | None = None,
+                 compile: bool = False) -> Audio:
         """Generate ``seconds`` of audio (or ``n_samples`` samples) after ``prompt_wav``.
 
         prompt_wav: a path or a waveform at the model's rate; None starts from silence. The prompt
         is not repeated in the output. num_samples > 1 returns a batch (num_samples, samples).
         callback(chunk) receives each new stretch of waveform (batch, k) as it is made (streaming).
         Returns ``Audio(waveform, sample_rate)``; ``.save("out.wav")`` writes it.
+        compile: run the decoding step through torch.compile (fused kernels). On an H100 the demo
+        model then generates faster than real time at batch 1 (see docs/benchmarks/generate.md);
+        the first call pays ~10-15 s of compilation.
         """
         if n_samples is None:
             if seconds is None or not (isinstance(seconds, (int, float)) and seconds > 0):
@@ -594,7 +599,8 @@ class AudioPipeline(_LMPipeline):
             stream = lambda toks: callback(self.tokenizer.decode(toks.cpu()))  # noqa: E731
         new = generation.generate(self.model, ids, n_samples, temperature=temperature, top_k=top_k, top_p=top_p,
                                   seed=seed, allowed_tokens=range(self.tokenizer.levels), callback=stream,
-                                  progress=progress if progress is not None else n_samples >= 4 * self.sample_rate)
+                                  progress=progress if progress is not None else n_samples >= 4 * self.sample_rate,
+                                  compile=compile)
         wave = self.tokenizer.decode(new.cpu())
         return Audio(wave[0] if num_samples == 1 else wave, self.sample_rate)
 

@@ -172,3 +172,11 @@ def test_cuda_graph_decoding_equals_eager(dtype):
     if dtype == torch.float32:
         greedy = generate(model, prompt[:, :5], 200, temperature=0, cuda_graph=True)
         assert torch.equal(greedy, naive_generate(model, prompt[:, :5], 200, temperature=0))
+
+
+def test_compiled_step_gives_the_same_tokens():
+    model = sharp_lm(6, n_layer=1, d_model=16)
+    prompt = torch.randint(0, 4, (2, 6), generator=torch.Generator().manual_seed(4))
+    plain = generate(model, prompt, 30, seed=5, allowed_tokens=range(4))
+    compiled = generate(model, prompt, 30, seed=5, allowed_tokens=range(4), compile=True)
+    assert torch.equal(plain, compiled)
