@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import longseq
 from longseq.api import AudioPipeline, ClassifierPipeline, DNAPipeline
-from longseq.datamodules.genome import GenomeDataModule, bundled_genome
+from longseq.datamodules.genome import bundled_genome
 
 pytest.importorskip("longseq.tasks")
 from longseq.tasks import NextBaseTask, SpeciesClassificationTask  # noqa: E402
@@ -26,6 +26,9 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def train(task, dm, root: Path, steps: int = 3) -> Path:
@@ -49,12 +52,22 @@ def genome_bases(n: int, skip: int = 0) -> str:
     return seq[skip:skip + n]
 
 
-def test_dna_round_trip_from_a_just_trained_checkpoint(tmp_path, monkeypatch):
+def test_dna_round_trip_from_a_just_trained_demo_checkpoint(tmp_path, monkeypatch, capsys):
+    """configs/dna_nextbase_demo.yaml through `longseq fit` (shortened), then the API and `longseq generate`."""
+    from longseq.cli import run_cli
+    from longseq.cli_infer import main_generate
+
     monkeypatch.setenv("LONGSEQ_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    task = NextBaseTask(d_model=32, n_layer=2, d_state=8, warmup_steps=1)
-    dm = GenomeDataModule(seq_len=128, batch_size=4, samples_per_epoch=16, max_eval_windows=4)
-    last = train(task, dm, tmp_path)
+    root = tmp_path / "dna"
+    cli = run_cli(["fit", "--config", str(CONFIGS / "dna_nextbase_demo.yaml"),
+                   "--model.init_args.d_model", "32", "--model.init_args.d_state", "8",
+                   "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "1", "--trainer.max_steps", "3",
+                   "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
+                   "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "1",
+                   "--data.init_args.seq_len", "128", "--data.init_args.batch_size", "4",
+                   "--data.init_args.samples_per_epoch", "16", "--data.init_args.max_eval_windows", "2"])
+    task = cli.model
+    last = root / "checkpoints" / "last.ckpt"
     assert last.is_file()
     pipe = longseq.load(last)
     assert isinstance(pipe, DNAPipeline) and pipe.metadata["task"] == "next_base"
@@ -71,6 +84,8 @@ def test_dna_round_trip_from_a_just_trained_checkpoint(tmp_path, monkeypatch):
     assert (score.log_likelihood[1:] - ref).abs().max() < 1e-4
     new = pipe.generate(seq[:50], n=64, seed=0)
     assert len(new) == 64 and new == exported.generate(seq[:50], n=64, seed=0)
+    assert main_generate([str(last), "--prompt", seq[:50], "--n", "64", "--seed", "0", "--device", "cpu"]) == 0
+    assert "".join(capsys.readouterr().out.splitlines()[1:]) == new
 
 
 def test_species_round_trip_keeps_class_names(tmp_path, monkeypatch):
