@@ -36,7 +36,6 @@ __all__ = ["load", "Pipeline", "DNAPipeline", "ClassifierPipeline", "AudioPipeli
            "Predictions", "read_fasta", "build_tokenizer"]
 
 DEFAULT_CHUNK = 1 << 16  # tokens per piece when reading long inputs; the result does not depend on it
-FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".fas", ".fa.gz", ".fasta.gz", ".fna.gz", ".gz")
 _TOKENIZERS = {"nucleotidetokenizer": NucleotideTokenizer, "nucleotide": NucleotideTokenizer, "dna": NucleotideTokenizer,
                "bytetokenizer": ByteTokenizer, "byte": ByteTokenizer,
                "mulawtokenizer": MuLawTokenizer, "mu-law": MuLawTokenizer, "mulaw": MuLawTokenizer,
@@ -177,7 +176,8 @@ def _looks_like_path(x) -> bool:
         return True
     if not isinstance(x, str):
         return False
-    return os.path.isfile(x) or "/" in x or x.lower().endswith(FASTA_SUFFIXES)
+    # no DNA sequence contains '/' or '.', so such a string is a file name (reported if missing)
+    return os.path.isfile(x) or "/" in x or "." in x
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:

@@ -309,6 +309,8 @@ def test_fasta_errors_name_file_and_record(tmp_path, reads):
         pipe.classify(tmp_path / "empty.fa")
     with pytest.raises(FileNotFoundError, match="missing.fa"):
         pipe.classify(str(tmp_path / "missing.fa"))
+    with pytest.raises(FileNotFoundError, match="reads.txt: FASTA file not found"):
+        pipe.classify("reads.txt")
     assert read_fasta(bad)[0] == ("good", reads[0][1])
     with pytest.raises(ValueError, match="sequence 1 is empty"):
         pipe.classify(["ACGT", ""])
