@@ -1,6 +1,5 @@
 """longseq.load and the pipelines: classify, score, embed, generate (DNA and audio), errors."""
 import gzip
-import json
 import math
 from pathlib import Path
 

@@ -12,9 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 import longseq
 from longseq.api import AudioPipeline, ClassifierPipeline, DNAPipeline
 from longseq.datamodules.genome import bundled_genome
-
-pytest.importorskip("longseq.tasks")
-from longseq.tasks import NextBaseTask, SpeciesClassificationTask  # noqa: E402
+from longseq.tasks import SpeciesClassificationTask
 
 
 @pytest.fixture(autouse=True)
