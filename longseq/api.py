@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -33,9 +33,10 @@ from .mamba import MambaConfig
 from .tokenizers import ByteTokenizer, MuLawTokenizer, NucleotideTokenizer
 
 __all__ = ["load", "Pipeline", "DNAPipeline", "ClassifierPipeline", "AudioPipeline", "Audio", "ScoreResult",
-           "Predictions", "read_fasta", "build_tokenizer"]
+           "Predictions", "read_fasta", "iter_fasta", "build_tokenizer"]
 
 DEFAULT_CHUNK = 1 << 16  # tokens per piece when reading long inputs; the result does not depend on it
+FASTA_GROUP = 4096       # FASTA records read and classified at a time (memory stays bounded)
 _TOKENIZERS = {"nucleotidetokenizer": NucleotideTokenizer, "nucleotide": NucleotideTokenizer, "dna": NucleotideTokenizer,
                "bytetokenizer": ByteTokenizer, "byte": ByteTokenizer,
                "mulawtokenizer": MuLawTokenizer, "mu-law": MuLawTokenizer, "mulaw": MuLawTokenizer,
@@ -148,8 +149,12 @@ def load(path, device=None, dtype: torch.dtype | None = None) -> "Pipeline":
 
 # ------------------------------------------------------------------------------------- utilities
 
-def read_fasta(path) -> list[tuple[str, str]]:
-    """(record id, sequence) pairs from a FASTA file, plain or gzip-compressed (read with Bio.SeqIO)."""
+def iter_fasta(path) -> Iterator[tuple[str, str]]:
+    """Stream (record id, sequence) pairs from a FASTA file, plain or gzip (read with Bio.SeqIO).
+
+    Errors name the file (and the record): a missing file, unreadable text, an empty record,
+    or no record at all.
+    """
     from Bio import SeqIO
 
     path = Path(path)
@@ -157,18 +162,25 @@ def read_fasta(path) -> list[tuple[str, str]]:
         raise FileNotFoundError(f"{path}: FASTA file not found")
     with open(path, "rb") as fh:
         gz = fh.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gz else open
+    count = 0
     try:
-        with opener(path, "rt") as handle:
-            records = [(rec.id, str(rec.seq)) for rec in SeqIO.parse(handle, "fasta")]
-    except (ValueError, OSError, UnicodeDecodeError, EOFError) as e:
+        with (gzip.open if gz else open)(path, "rt") as handle:
+            for rec in SeqIO.parse(handle, "fasta"):
+                if len(rec.seq) == 0:
+                    raise ValueError(f"{path}: record {rec.id!r} has an empty sequence")
+                count += 1
+                yield rec.id, str(rec.seq)
+    except (OSError, UnicodeDecodeError, EOFError) as e:
         raise ValueError(f"{path}: cannot be read as FASTA ({e})") from None
-    if not records:
+    except ValueError as e:
+        raise ValueError(str(e) if str(e).startswith(str(path)) else f"{path}: cannot be read as FASTA ({e})") from None
+    if count == 0:
         raise ValueError(f"{path}: no FASTA records found (a FASTA file starts with a '>' header line)")
-    for name, seq in records:
-        if not seq:
-            raise ValueError(f"{path}: record {name!r} has an empty sequence")
-    return records
+
+
+def read_fasta(path) -> list[tuple[str, str]]:
+    """All (record id, sequence) pairs of a FASTA file, plain or gzip (see ``iter_fasta``)."""
+    return list(iter_fasta(path))
 
 
 def _looks_like_path(x) -> bool:
@@ -502,20 +514,35 @@ class ClassifierPipeline(Pipeline):
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
         if _looks_like_path(seqs):
-            records = read_fasta(seqs)
-            names = [name for name, _ in records]
-            ids_list = self._encode_many([s for _, s in records], [f"{seqs}: record {n!r}" for n in names])
-        else:
-            seq_list = [seqs] if isinstance(seqs, (str, bytes)) else list(seqs)
-            if not seq_list:
-                raise ValueError("classify needs at least one sequence")
-            names = [f"seq{i}" for i in range(len(seq_list))]
-            ids_list = self._encode_many(seq_list)
+            # A read file can be large: stream it, FASTA_GROUP records at a time.
+            names, parts, group = [], [], []
+            for record in iter_fasta(seqs):
+                group.append(record)
+                if len(group) == FASTA_GROUP:
+                    parts.append(self._classify_records(group, f"{seqs}: record", batch_size, chunk_size,
+                                                        rc_average, progress))
+                    names += [n for n, _ in group]
+                    group = []
+            if group:
+                parts.append(self._classify_records(group, f"{seqs}: record", batch_size, chunk_size, rc_average,
+                                                    progress))
+                names += [n for n, _ in group]
+            return Predictions(names, list(self.class_names), torch.cat(parts))
+        seq_list = [seqs] if isinstance(seqs, (str, bytes)) else list(seqs)
+        if not seq_list:
+            raise ValueError("classify needs at least one sequence")
+        names = [f"seq{i}" for i in range(len(seq_list))]
+        probs = self._classify_records(list(zip(names, seq_list)), None, batch_size, chunk_size, rc_average, progress)
+        return Predictions(names, list(self.class_names), probs)
+
+    def _classify_records(self, records, where, batch_size, chunk_size, rc_average, progress) -> torch.Tensor:
+        labels = [f"{where} {name!r}" for name, _ in records] if where else None
+        ids_list = self._encode_many([s for _, s in records], labels)
         probs = self._probs(ids_list, batch_size, chunk_size, progress)
         if rc_average:
             rc = [self.tokenizer.reverse_complement(x) for x in ids_list]
             probs = (probs + self._probs(rc, batch_size, chunk_size, progress)) / 2
-        return Predictions(names, list(self.class_names), probs)
+        return probs
 
     def embed(self, seqs, pooling: str | None = None, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
         """Pooled backbone hidden states (the classifier's input features); pooling defaults to the model's."""

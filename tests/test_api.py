@@ -92,7 +92,7 @@ def direct_probs(model, seq):
 # ------------------------------------------------------------------------------------- classify
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
-def test_classify_fasta_path_equals_sequences_equals_direct_forward(tmp_path, reads, pooling):
+def test_classify_fasta_path_equals_sequences_equals_direct_forward(tmp_path, reads, pooling, monkeypatch):
     model = fresh(0, MambaClassifier, num_classes=3, pooling=pooling)
     names = list(GENOMES)
     model.save_pretrained(tmp_path / "clf", {"task": "species", "tokenizer": DNA_TOK, "class_names": names})
@@ -104,6 +104,9 @@ def test_classify_fasta_path_equals_sequences_equals_direct_forward(tmp_path, re
             f.write(f">{name} some description\n" + "\n".join(seq[i:i + 60] for i in range(0, len(seq), 60)) + "\n")
     from_path = pipe.classify(str(fasta), batch_size=4, chunk_size=37)
     from_seqs = pipe.classify([s for _, s in reads], batch_size=4, chunk_size=37)
+    monkeypatch.setattr(longseq.api, "FASTA_GROUP", 4)  # a large read file is streamed in groups
+    streamed = pipe.classify(fasta, batch_size=4, chunk_size=37)
+    assert streamed.names == from_path.names and (streamed.probs - from_seqs.probs).abs().max() < 1e-6
     assert from_path.names == [n for n, _ in reads] and from_path.class_names == names
     assert torch.allclose(from_path.probs, from_seqs.probs, atol=0, rtol=0)
     expected = torch.stack([direct_probs(model, s) for _, s in reads])
