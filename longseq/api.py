@@ -298,6 +298,11 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def save_pretrained(self, directory) -> Path:
+        """Write the model and its metadata as ``config.json`` + ``model.safetensors`` (no pickle):
+        e.g. to turn a Lightning checkpoint into a portable directory that ``load`` reads."""
+        return self.model.save_pretrained(directory, self.metadata)
+
     def to(self, device=None, dtype=None) -> "Pipeline":
         """Move (and optionally cast) the model; returns self."""
         self.model.to(device=device, dtype=dtype)

@@ -263,6 +263,8 @@ def test_lightning_checkpoint_and_directory_load_the_same_pipeline(tmp_path, rea
     audio = longseq.load(path)
     assert isinstance(audio, AudioPipeline) and audio.sample_rate == 8000
     assert "AudioPipeline" in repr(audio)
+    again = longseq.load(a.save_pretrained(tmp_path / "converted"))  # .ckpt -> portable directory
+    assert again.class_names == a.class_names and torch.equal(again.model.head.weight, a.model.head.weight)
 
 
 def test_load_errors_name_the_file_and_the_problem(tmp_path):
