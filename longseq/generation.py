@@ -166,9 +166,9 @@ class _Decoder:
             self._fill_noise(generator)
         if self.graph is not None:
             self.graph.replay()
+            self.cache.seqlen_offset += self.block  # a replay does not run step's Python counter
         else:
             self._steps()
-        self.cache.seqlen_offset += self.block if self.graph is not None else 0
         return self.out
 
 
