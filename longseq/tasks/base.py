@@ -52,14 +52,32 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float):
-    """LambdaLR factor: linear 0 -> 1 over ``warmup_steps``, cosine 1 -> ``min_lr_ratio`` after."""
-    warmup_steps, total_steps = max(0, int(warmup_steps)), max(1, int(total_steps))
+def warmup_cosine(warmup_steps: int, total_steps, min_lr_ratio: float):
+    """LambdaLR factor: linear 0 -> 1 over ``warmup_steps``, cosine 1 -> ``min_lr_ratio`` after.
+
+    ``total_steps`` may be a zero-argument callable, evaluated at the first step past warmup
+    (step 0 never needs it): the task passes ``trainer.estimated_stepping_batches`` this way,
+    because asking for it inside ``configure_optimizers`` builds the train loader before a
+    checkpoint is restored, and a loader built then cannot resume mid-epoch.
+    """
+    warmup_steps = max(0, int(warmup_steps))
+    resolved: list[int] = []
+
+    def total() -> int:
+        if not resolved:
+            value = total_steps() if callable(total_steps) else total_steps
+            if not math.isfinite(value):
+                raise ValueError("cannot tell how many optimiser steps the run has (no max_steps or max_epochs, "
+                                 "or an endless train loader); set the task's decay_steps")
+            resolved.append(max(1, int(value)))
+        return resolved[0]
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
-        span = max(1, total_steps - warmup_steps)
+        if step == warmup_steps:
+            return 1.0
+        span = max(1, total() - warmup_steps)
         progress = min(1.0, (step - warmup_steps) / span)
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -188,10 +206,7 @@ class LongseqTask(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
-        total = hp.decay_steps or self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ValueError(f"{type(self).__name__}: cannot tell how many steps the run has (no max_steps or "
-                             "max_epochs); set decay_steps")
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(hp.warmup_steps, int(total),
-                                                                                hp.min_lr_ratio))
+        trainer = self.trainer
+        total = hp.decay_steps or (lambda: trainer.estimated_stepping_batches)   # read lazily: see warmup_cosine
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(hp.warmup_steps, total, hp.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -33,11 +33,13 @@ class SkippingLoader:
         return getattr(self.loader, name)
 
     def __iter__(self):
+        # a generator: the skip count is read at the first next(), so a state loaded after
+        # iter() was called (but before the first batch) still applies
         skip, self._skip = self._skip, 0
         iterator = iter(self.loader)
         for _ in range(skip):
             next(iterator)
-        return iterator
+        yield from iterator
 
     def state_dict(self) -> dict:
         # batches whose training step has run in this epoch (saved from on_train_batch_end or
