@@ -99,6 +99,7 @@ def main():
         return rss_child(args.fasta, *args.rss_child)
 
     GenomeDataModule(args.fasta).prepare_data()          # decompress / index outside the timings
+    load_before = os.getloadavg()
     rows = []
     print(f"{'seq_len':>9} {'workers':>7} {'batch':>5} {'windows/s':>10} {'Mb/s':>8} {'Mb/s/worker':>11}")
     for k in args.log2_seq_lens:
@@ -125,7 +126,9 @@ def main():
     result = {
         "benchmark": "genome_loader", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                   "torch_threads": torch.get_num_threads()},
+                   "torch_threads": torch.get_num_threads(),
+                   # other work on the machine skews the numbers: 1-min load average before and after
+                   "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]]},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "pyfaidx": pyfaidx.__version__, "lightning": lightning.__version__, "commit": commit},
         "fasta": str(args.fasta), "mb_per_worker_per_run": args.mb, "repeats": args.repeats,
