@@ -167,10 +167,13 @@ class Mamba(nn.Module):
     def step(self, hidden: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """One token: hidden (batch, d_model) -> (batch, d_model); advances ``cache`` in place."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (batch, d_inner) each
-        window = torch.cat([cache.conv_state, x.unsqueeze(-1).to(cache.conv_state.dtype)], dim=-1)
-        cache.conv_state.copy_(window[..., 1:])
-        weight = self.conv1d.weight.squeeze(1)
-        x = F.silu((window * weight).sum(-1) + self.conv1d.bias).to(hidden.dtype)
+        # The conv over one new input is the parallel conv on a length-1 sequence started from
+        # the cached inputs: one fused kernel on GPU, the same code path as forward().
+        x, conv_final = causal_conv1d(x.unsqueeze(-1).contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                      activation="silu", initial_state=cache.conv_state.to(x.dtype),
+                                      return_final_state=True)
+        cache.conv_state.copy_(conv_final)
+        x = x.squeeze(-1)
         delta, B, C = self._ssm_inputs(x.unsqueeze(-1))
         A = -torch.exp(self.A_log.float())
         y = selective_state_update(cache.ssm_state, x, delta.squeeze(-1), A, B.squeeze(-1), C.squeeze(-1),
