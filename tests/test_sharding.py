@@ -65,8 +65,13 @@ def _ddp_rank(rank, world, tmpdir, cache):
         dm = GenomeDataModule(seq_len=1000, batch_size=4, samples_per_epoch=64, num_workers=2, seed=11,
                               max_eval_windows=None)
         dm.setup()
-        train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
+        # In a process started by mp.spawn, workers are spawned too: they do not inherit the process
+        # group and must take rank/world from their dataset (what the train loader checks here).
+        # The val loader then uses forked workers, which start in a fraction of the time.
+        train_loader = dm.train_dataloader()
         train = [b["window_id"] for b in train_loader]
+        mp.set_start_method("fork", force=True)
+        val_loader = dm.val_dataloader()
         val = [b["window_id"] for b in val_loader]
         torch.save({"train": train, "val": val, "lens": (len(train_loader), len(val_loader))},
                    f"{tmpdir}/rank{rank}.pt")
