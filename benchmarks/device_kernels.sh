@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one device run for the kernels (issue 4): GPU tests, the benchmark (with its autotuning trials
+# and the register report), all written to $OUT.
+#   run(command="bash benchmarks/device_kernels.sh", carry=[".mamba_src"])
+# .mamba_src/ holds mamba_ssm 2.3.2.post1's csrc/selective_scan (from the pip sdist), built in the
+# background while the tests run, for the benchmark's comparison. Without $OUT, writes to ./device_out.
+# Knobs: SKIP_TESTS=1, TESTS_K="pytest -k expression", SKIP_MAMBA=1, BENCH_ARGS, *_TIMEOUT.
+set -uo pipefail
+OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export MAMBA_BUILD_DIR=/tmp/mamba_build MAMBA_BUILD_LOG=$OUT/mamba_build.log
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
+python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$OUT/device.txt"
+if [ -d .mamba_src/selective_scan ] && [ "${SKIP_MAMBA:-0}" != 1 ]; then
+  ( timeout "${MAMBA_BUILD_TIMEOUT:-420}" nice python3 benchmarks/build_mamba_ssm.py > "$MAMBA_BUILD_LOG" 2>&1; echo "rc=$?" >> "$MAMBA_BUILD_LOG" ) &
+fi
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  LONGSEQ_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests/test_gpu_kernels.py -x -p no:cacheprovider \
+     --durations=5 ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+fi
+# optional: the forward-scan block-size sweep (benchmarks/sweep_scan.py), SWEEP=1
+if [ "${SWEEP:-0}" = 1 ]; then
+  timeout "${SWEEP_TIMEOUT:-150}" python3 benchmarks/sweep_scan.py 2>&1 | tee "$OUT/sweep.log" | tail -30
+fi
+timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/bench_scan.py --out "$OUT/scan.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^{' | tail -30
+grep -E "Used [0-9]+ registers" "$MAMBA_BUILD_LOG" 2>/dev/null | sort | uniq -c | sort -rn | head -8 > "$OUT/mamba_ptxas.txt" || true
+tail -2 "$MAMBA_BUILD_LOG" 2>/dev/null
+if [ -n "${LATE_TESTS_K:-}" ]; then   # tests deferred until after the benchmark (e.g. the slow 2^20 one)
+  LONGSEQ_AUTOTUNE=0 timeout "${LATE_TEST_TIMEOUT:-120}" python3 -m pytest -q -m gpu tests/test_gpu_kernels.py -x \
+     -p no:cacheprovider -k "$LATE_TESTS_K" 2>&1 | tee "$OUT/gpu_tests_late.log" | tail -3
+fi
+wait

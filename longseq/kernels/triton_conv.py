@@ -1,0 +1,101 @@
+"""Depthwise causal conv1d (with fused bias, SiLU and initial state) in Triton, fwd and bwd.
+
+Forward: one program per (time block, channel block, sequence); y[d, t] = act(b[d] +
+sum_k w[d, k] x[d, t - (W-1) + k]) with the W-1 inputs before t = 0 read from ``initial_state``.
+Backward: a first kernel recomputes the pre-activation and writes g = dy * act'(pre) (float32); a
+second forms dx (the transposed convolution of g), and per-block partial sums of dw and dbias that
+the wrapper adds up in a fixed order (deterministic, no atomics).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def conv_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, init_ptr, y_ptr, dy_ptr,
+    dim, seqlen,
+    s_xb, s_xd, s_xl, s_ib, s_id, s_il, s_yb, s_yd, s_yl, s_gb, s_gd, s_gl,
+    W: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr, GRAD: tl.constexpr,
+):
+    """GRAD=False: y = act(conv(x)). GRAD=True: y (float32) = dy * act'(conv(x))."""
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_l = pid_l * BL + tl.arange(0, BL)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < dim
+    mask_l = offs_l < seqlen
+    d64 = offs_d.to(tl.int64)
+    x_base = x_ptr + pid_b * s_xb + d64[:, None] * s_xd
+    i_base = init_ptr + pid_b * s_ib + d64[:, None] * s_id
+    acc = tl.zeros((BD, BL), tl.float32)
+    for k in tl.static_range(W):
+        tt = offs_l - (W - 1) + k
+        mx = mask_d[:, None] & ((tt >= 0) & (tt < seqlen))[None, :]
+        xv = tl.load(x_base + tt.to(tl.int64)[None, :] * s_xl, mask=mx, other=0.0).to(tl.float32)
+        if HAS_INIT:
+            mi = mask_d[:, None] & ((tt < 0) & mask_l)[None, :]
+            xv += tl.load(i_base + (tt + (W - 1)).to(tl.int64)[None, :] * s_il, mask=mi, other=0.0).to(tl.float32)
+        wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wk[:, None] * xv
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    m2 = mask_d[:, None] & mask_l[None, :]
+    if GRAD:
+        g = tl.load(dy_ptr + pid_b * s_gb + d64[:, None] * s_gd + offs_l.to(tl.int64)[None, :] * s_gl,
+                    mask=m2, other=0.0).to(tl.float32)
+        if SILU:
+            sg = tl.sigmoid(acc)
+            g = g * sg * (1.0 + acc * (1.0 - sg))
+        out = g
+    else:
+        out = acc
+        if SILU:
+            out = acc * tl.sigmoid(acc)
+    tl.store(y_ptr + pid_b * s_yb + d64[:, None] * s_yd + offs_l.to(tl.int64)[None, :] * s_yl,
+             out.to(y_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def conv_bwd_kernel(
+    g_ptr, x_ptr, w_ptr, init_ptr, dx_ptr, dw_ptr, db_ptr,
+    dim, seqlen, nblocks,
+    s_xb, s_xd, s_xl, s_ib, s_id, s_il, s_dxb, s_dxd, s_dxl,
+    W: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr, HAS_INIT: tl.constexpr,
+):
+    """g: (batch, dim, seqlen) float32 contiguous. dx[t] = sum_k w[k] g[t + W-1-k];
+    dw partial (batch, nblocks, dim, W); db partial (batch, nblocks, dim)."""
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_l = pid_l * BL + tl.arange(0, BL)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < dim
+    mask_l = offs_l < seqlen
+    d64 = offs_d.to(tl.int64)
+    g_base = g_ptr + (pid_b * dim + d64)[:, None] * seqlen
+    x_base = x_ptr + pid_b * s_xb + d64[:, None] * s_xd
+    i_base = init_ptr + pid_b * s_ib + d64[:, None] * s_id
+    m2 = mask_d[:, None] & mask_l[None, :]
+    g = tl.load(g_base + offs_l.to(tl.int64)[None, :], mask=m2, other=0.0)
+    dx = tl.zeros((BD, BL), tl.float32)
+    part = (pid_b * nblocks + pid_l) * dim + d64
+    for k in tl.static_range(W):
+        wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
+        ts = offs_l + (W - 1 - k)
+        gs = tl.load(g_base + ts.to(tl.int64)[None, :], mask=mask_d[:, None] & (ts < seqlen)[None, :], other=0.0)
+        dx += wk[:, None] * gs
+        # dw[k] = sum_t g[t] * xs[t - (W-1) + k]
+        tt = offs_l - (W - 1) + k
+        mx = mask_d[:, None] & ((tt >= 0) & (tt < seqlen))[None, :]
+        xv = tl.load(x_base + tt.to(tl.int64)[None, :] * s_xl, mask=mx, other=0.0).to(tl.float32)
+        if HAS_INIT:
+            mi = mask_d[:, None] & ((tt < 0) & mask_l)[None, :]
+            xv += tl.load(i_base + (tt + (W - 1)).to(tl.int64)[None, :] * s_il, mask=mi, other=0.0).to(tl.float32)
+        tl.store(dw_ptr + part * W + k, tl.sum(g * xv, axis=1), mask=mask_d)
+    tl.store(db_ptr + part, tl.sum(g, axis=1), mask=mask_d)
+    tl.store(dx_ptr + pid_b * s_dxb + d64[:, None] * s_dxd + offs_l.to(tl.int64)[None, :] * s_dxl,
+             dx.to(dx_ptr.dtype.element_ty), mask=m2)

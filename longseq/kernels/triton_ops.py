@@ -1,0 +1,239 @@
+"""Fused Triton kernels behind :mod:`longseq.kernels.dispatch` (``backend="triton"``).
+
+selective_scan (fwd + bwd), causal_conv1d (fwd + bwd), selective_state_update (one decoding step,
+in place) and rms_norm (fused residual add, fwd + bwd). Each runs on CUDA tensors, and on CPU
+tensors under ``TRITON_INTERPRET=1`` (how CI tests them). Kernels live in ``triton_scan.py``,
+``triton_conv.py``, ``triton_update.py`` and ``triton_norm.py``; the scan's launch logic and
+autograd Function in ``triton_scan_op.py``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .checks import check_tensor
+from .reference import causal_conv1d_ref  # argument checks only (see _check_conv)
+from .triton_conv import conv_bwd_kernel, conv_fwd_kernel
+from .triton_interp import install as _install_interp
+from .triton_norm import rms_bwd_kernel, rms_fwd_kernel
+from .triton_scan_op import selective_scan
+from .triton_update import state_update_kernel
+
+_install_interp()
+
+__all__ = ["selective_scan", "causal_conv1d", "selective_state_update", "rms_norm"]
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+# ----------------------------------------------------------------------------- causal conv1d
+
+_CONV_BD, _CONV_BL = 16, 128
+
+
+def _conv_launch(x, weight, bias, init, out, dy, silu, grad):
+    batch, dim, seqlen = x.shape
+    W = weight.shape[1]
+    dummy = x
+    i = init if init is not None else dummy
+    g = dy if dy is not None else out
+    grid = (_cdiv(seqlen, _CONV_BL), _cdiv(dim, _CONV_BD), batch)
+    conv_fwd_kernel[grid](
+        x, weight, bias if bias is not None else dummy, i, out, g,
+        dim, seqlen, *x.stride(), *(i.stride() if init is not None else (0, 0, 0)), *out.stride(), *g.stride(),
+        W=W, BD=_CONV_BD, BL=_CONV_BL, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
+        SILU=silu, GRAD=grad, num_warps=4)
+
+
+class CausalConv1dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, init, silu):
+        weight_c = weight.contiguous()
+        y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+        _conv_launch(x, weight_c, bias, init, y, None, silu, False)
+        ctx.save_for_backward(x, weight_c, bias, init)
+        ctx.silu = silu
+        ctx.wdtype = weight.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, init = ctx.saved_tensors
+        batch, dim, seqlen = x.shape
+        W = weight.shape[1]
+        g = torch.empty((batch, dim, seqlen), device=x.device, dtype=torch.float32)
+        _conv_launch(x, weight, bias, init, g, dy, ctx.silu, True)
+        nblocks = _cdiv(seqlen, _CONV_BL)
+        dx = torch.empty((batch, dim, seqlen), device=x.device, dtype=x.dtype)
+        dw_p = torch.empty((batch, nblocks, dim, W), device=x.device, dtype=torch.float32)
+        db_p = torch.empty((batch, nblocks, dim), device=x.device, dtype=torch.float32)
+        dummy = x
+        grid = (nblocks, _cdiv(dim, _CONV_BD), batch)
+        conv_bwd_kernel[grid](
+            g, x, weight, init if init is not None else dummy, dx, dw_p, db_p,
+            dim, seqlen, nblocks, *x.stride(), *(init.stride() if init is not None else (0, 0, 0)), *dx.stride(),
+            W=W, BD=_CONV_BD, BL=_CONV_BL, HAS_INIT=init is not None, num_warps=4)
+        dw = dw_p.sum((0, 1)).to(ctx.wdtype)
+        db = db_p.sum((0, 1)).to(bias.dtype) if bias is not None else None
+        dinit = None
+        if init is not None and ctx.needs_input_grad[3]:
+            # dinit[j] (time j - (W-1)) = sum_{k <= j} w[k] g[j - k]
+            gw = g[..., : W - 1]
+            dinit = torch.zeros(init.shape, device=x.device, dtype=torch.float32)
+            for j in range(W - 1):
+                for k in range(j + 1):
+                    if j - k < seqlen:
+                        dinit[..., j] += weight[:, k].float() * gw[..., j - k]
+            dinit = dinit.to(init.dtype)
+        return dx, dw, db, dinit, None
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
+    """Depthwise causal conv1d; same contract as :func:`longseq.kernels.reference.causal_conv1d_ref`."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or not isinstance(weight, torch.Tensor) \
+            or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        return causal_conv1d_ref(x, weight, bias, activation, initial_state, return_final_state)  # raises
+    batch, dim, seqlen = x.shape
+    W = weight.shape[1]
+    check_tensor("causal_conv1d", "weight", weight, (dim, W), x.device, shape_doc="(dim, width)")
+    if bias is not None:
+        check_tensor("causal_conv1d", "bias", bias, (dim,), x.device, shape_doc="(dim,)")
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"causal_conv1d: argument 'activation' must be None, 'silu' or 'swish'; got {activation!r}")
+    if initial_state is not None:
+        check_tensor("causal_conv1d", "initial_state", initial_state, (batch, dim, W - 1), x.device,
+                     shape_doc="(batch, dim, width - 1)")
+    y = CausalConv1dFn.apply(x, weight, bias, initial_state if W > 1 else None, activation is not None)
+    if not return_final_state:
+        return y
+    # the last W-1 inputs of cat(initial_state, x), by autograd-tracked slicing (no full copy)
+    if W == 1:
+        final = x[..., :0]
+    elif seqlen >= W - 1:
+        final = x[..., seqlen - (W - 1):]
+    else:
+        init = initial_state if initial_state is not None else x.new_zeros(batch, dim, W - 1)
+        final = torch.cat([init.to(x.dtype)[..., seqlen:], x], dim=-1)
+    return y, final
+
+
+# ----------------------------------------------------------------------------- state update
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One decoding step in place on ``state`` (batch, dim, dstate); returns y (batch, dim)."""
+    if state.dim() != 3:
+        raise ValueError(f"selective_state_update: argument 'state' must be (batch, dim, dstate); got {tuple(state.shape)}")
+    batch, dim, dstate = state.shape
+    dev = state.device
+    fn = "selective_state_update"
+    for name, t in (("x", x), ("dt", dt)):
+        check_tensor(fn, name, t, (batch, dim), dev, shape_doc="(batch, dim)")
+    if z is not None:
+        check_tensor(fn, "z", z, (batch, dim), dev, shape_doc="(batch, dim)")
+    check_tensor(fn, "A", A, (dim, dstate), dev, shape_doc="(dim, dstate)")
+    groups = 1 if B.dim() == 2 else B.shape[1]
+    if dim % groups:
+        raise ValueError(f"{fn}: 'dim' ({dim}) must be divisible by groups ({groups})")
+    shp = (batch, dstate) if B.dim() == 2 else (batch, groups, dstate)
+    for name, t in (("B", B), ("C", C)):
+        check_tensor(fn, name, t, shp, dev, shape_doc="(batch, dstate) or (batch, groups, dstate)")
+    for name, t in (("D", D), ("dt_bias", dt_bias)):
+        if t is not None:
+            check_tensor(fn, name, t, (dim,), dev, shape_doc="(dim,)")
+    A = A.float().contiguous()
+    y = torch.empty((batch, dim), device=dev, dtype=x.dtype)
+    bs = (B.stride(0), 0, B.stride(1)) if B.dim() == 2 else B.stride()
+    cs = (C.stride(0), 0, C.stride(1)) if C.dim() == 2 else C.stride()
+    BD = min(16, _pow2(dim))
+    dummy = y
+    state_update_kernel[(_cdiv(dim, BD), batch)](
+        state, x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+        dt_bias if dt_bias is not None else dummy, y,
+        dim, dstate, dim // groups, *state.stride(), *x.stride(), *dt.stride(),
+        *(z.stride() if z is not None else (0, 0)), *bs, *cs, *y.stride(),
+        BD=BD, NP=max(2, _pow2(dstate)), HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), num_warps=4)
+    return y
+
+
+# ----------------------------------------------------------------------------- add + RMSNorm
+
+def _rows(t, H):
+    t2 = t.reshape(-1, H)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+class RMSNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, residual, eps, prenorm, residual_in_fp32):
+        H = x.shape[-1]
+        x2 = _rows(x, H)
+        r2 = _rows(residual, H) if residual is not None else None
+        M = x2.shape[0]
+        y = torch.empty((M, H), device=x.device, dtype=x.dtype)
+        sdt = torch.float32 if residual_in_fp32 else x.dtype
+        s = torch.empty((M, H), device=x.device, dtype=sdt) if prenorm else y
+        rstd = torch.empty((M,), device=x.device, dtype=torch.float32)
+        BH = _pow2(H)
+        if M:
+            rms_fwd_kernel[(M,)](
+                x2, r2 if r2 is not None else x2, weight, y, s, rstd, H, float(eps),
+                x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0), s.stride(0),
+                BH=BH, HAS_RES=r2 is not None, STORE_S=bool(prenorm), num_warps=min(16, max(1, BH // 256)))
+        ctx.save_for_backward(x2, r2, weight, rstd)
+        ctx.shape = x.shape
+        ctx.res_dtype = None if residual is None else residual.dtype
+        ctx.prenorm = prenorm
+        y = y.reshape(x.shape)
+        if prenorm:
+            return y, s.reshape(x.shape)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy, ds_in=None):
+        x2, r2, weight, rstd = ctx.saved_tensors
+        M, H = x2.shape
+        dev = x2.device
+        if dy is None:
+            dy = torch.zeros(ctx.shape, device=dev, dtype=x2.dtype)
+        dy2 = _rows(dy, H)
+        ds2 = _rows(ds_in, H) if ds_in is not None else None
+        dx = torch.empty((M, H), device=dev, dtype=x2.dtype)
+        dres = torch.empty((M, H), device=dev, dtype=ctx.res_dtype) if r2 is not None else dx
+        nprog = max(1, min(M, 4 * _sm_count(dev)))
+        dw_p = torch.empty((nprog, H), device=dev, dtype=torch.float32)
+        BH = _pow2(H)
+        if M:
+            rms_bwd_kernel[(nprog,)](
+                x2, r2 if r2 is not None else x2, weight, rstd, dy2, ds2 if ds2 is not None else dy2, dx, dres, dw_p,
+                M, H, x2.stride(0), r2.stride(0) if r2 is not None else 0, dy2.stride(0),
+                ds2.stride(0) if ds2 is not None else 0, dx.stride(0), dres.stride(0),
+                BH=BH, HAS_RES=r2 is not None, HAS_DS_IN=ds2 is not None, STORE_DRES=r2 is not None,
+                num_warps=min(16, max(1, BH // 256)))
+        else:
+            dw_p.zero_()
+        dw = dw_p.sum(0).to(weight.dtype)
+        return (dx.reshape(ctx.shape), dw, dres.reshape(ctx.shape) if r2 is not None else None,
+                None, None, None)
+
+
+def _sm_count(dev) -> int:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_properties(dev).multi_processor_count
+    return 2
+
+
+def rms_norm(x, weight, residual=None, eps=1e-5, prenorm=False, residual_in_fp32=False):
+    """Fused (residual add +) RMSNorm; same contract as :func:`longseq.kernels.reference.rms_norm_ref`."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise ValueError(f"rms_norm: argument 'x' must be a tensor with a last dimension; got {x!r}")
+    H = x.shape[-1]
+    check_tensor("rms_norm", "weight", weight, (H,), x.device, shape_doc="(hidden,)")
+    if residual is not None:
+        check_tensor("rms_norm", "residual", residual, tuple(x.shape), x.device, shape_doc="x.shape")
+    return RMSNormFn.apply(x, weight, residual, eps, bool(prenorm), bool(residual_in_fp32))

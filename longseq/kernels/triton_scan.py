@@ -1,0 +1,497 @@
+"""Fused Triton selective scan: forward and backward kernels.
+
+One program owns ``BD`` channels of one sequence and walks the sequence in chunks of ``BL`` time
+steps. Per chunk it loads u, delta (and z) as [BD, BL] tiles and B, C as [N, BL] tiles (shared by
+its channels), forms the [BD, N, BL] recurrence coefficients in registers, solves the chunk with
+``tl.associative_scan`` and carries the state h [BD, N] to the next chunk in registers. Nothing of
+size (batch, dim, seqlen, dstate) ever reaches device memory; with ``SAVE_STATES`` the state at the
+start of every chunk (N floats per BL steps per channel) is stored for the backward pass.
+
+The backward walks the chunks in reverse: it reloads the chunk's start state, recomputes the chunk's
+states with the same forward scan, and runs a reverse associative scan for dL/dh, carrying dL/dh
+across chunks in registers. dB and dC are reduced over the program's channels before one atomic add
+per (n, t) (or, in deterministic mode, stored per program and summed afterwards).
+
+All arithmetic is float32; ``exp2`` with A pre-scaled by log2(e). Offsets that can exceed 2^31
+(batch, channel and time offsets) are computed in int64.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # Composition of h -> a1*h + b1 followed by h -> a2*h + b2.
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # torch.nn.functional.softplus with beta=1, threshold=20.
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+
+
+@triton.jit
+def _load_delta(ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Raw delta tile -> (delta after bias, delta after softplus), both float32."""
+    pre = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        pre = pre + bias[:, None]
+    if SOFTPLUS:
+        post = _softplus(pre)
+    else:
+        post = pre
+    return pre, post
+
+
+@triton.jit
+def scan_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
+    y_ptr, states_ptr, last_ptr,
+    dim, seqlen, dstate, per_group, nchunks,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_yb, s_yd, s_yl,
+    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d0 = pid_d * BD
+    offs_d = d0 + tl.arange(0, BD)
+    mask_d = offs_d < dim
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < dstate
+    offs_l = tl.arange(0, BL)
+    d64 = offs_d.to(tl.int64)
+    n64 = offs_n.to(tl.int64)
+    g64 = (d0 // per_group).to(tl.int64)
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+
+    u_base = u_ptr + pid_b * s_ub + d64[:, None] * s_ud
+    dl_base = delta_ptr + pid_b * s_db + d64[:, None] * s_dd
+    y_base = y_ptr + pid_b * s_yb + d64[:, None] * s_yd
+    z_base = z_ptr + pid_b * s_zb + d64[:, None] * s_zd
+    B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n64[:, None] * s_Bn
+    C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n64[:, None] * s_Cn
+
+    A2 = tl.load(A_ptr + d64[:, None] * dstate + n64[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+
+    # state rows: ((b * dim + d) * dstate + n)
+    row = (pid_b * dim + d64)[:, None] * dstate + n64[None, :]
+    if HAS_INIT:
+        h = tl.load(init_ptr + row, mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BD, NP), tl.float32)
+    st_base = states_ptr + ((pid_b * dim + d64)[:, None] * nchunks) * dstate + n64[None, :]
+
+    for c in range(nchunks):
+        t = c * BL + offs_l
+        mask_t = t < seqlen
+        t64 = t.to(tl.int64)
+        if SAVE_STATES:
+            tl.store(st_base + c * dstate, h, mask=mask_dn)
+        m2 = mask_d[:, None] & mask_t[None, :]
+        u = tl.load(u_base + t64[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
+        _, dl = _load_delta(dl_base + t64[None, :] * s_dl, m2, bias, HAS_BIAS, SOFTPLUS)
+        dl = tl.where(m2, dl, 0.0)
+        mnt = mask_n[:, None] & mask_t[None, :]
+        Bt = tl.load(B_base + t64[None, :] * s_Bl, mask=mnt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + t64[None, :] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
+        a = tl.exp2(dl[:, None, :] * A2[:, :, None])
+        bx = (dl * u)[:, None, :] * Bt[None, :, :]
+        pa, pb = tl.associative_scan((a, bx), axis=2, combine_fn=_combine)
+        hs = pb + pa * h[:, :, None]
+        y = tl.sum(hs * Ct[None, :, :], axis=1)
+        h = tl.sum(tl.where(offs_l[None, None, :] == BL - 1, hs, 0.0), axis=2)
+        if HAS_D:
+            y = y + Dv[:, None] * u
+        if HAS_Z:
+            zt = tl.load(z_base + t64[None, :] * s_zl, mask=m2, other=0.0).to(tl.float32)
+            y = y * zt * tl.sigmoid(zt)
+        tl.store(y_base + t64[None, :] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
+    tl.store(last_ptr + row, h, mask=mask_dn)
+
+
+@triton.jit
+def scan_bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dinit_ptr,
+    dim, seqlen, dstate, per_group, nchunks, nsaved, every,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_ob, s_od, s_ol,
+    s_dub, s_dud, s_dul, s_ddb, s_ddd, s_ddl, s_dzb, s_dzd, s_dzl,
+    s_gb, s_gk, s_gn, s_gl,
+    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DLAST: tl.constexpr, DETERMINISTIC: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d0 = pid_d * BD
+    offs_d = d0 + tl.arange(0, BD)
+    mask_d = offs_d < dim
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < dstate
+    offs_l = tl.arange(0, BL)
+    d64 = offs_d.to(tl.int64)
+    n64 = offs_n.to(tl.int64)
+    g64 = (d0 // per_group).to(tl.int64)
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+
+    u_base = u_ptr + pid_b * s_ub + d64[:, None] * s_ud
+    dl_base = delta_ptr + pid_b * s_db + d64[:, None] * s_dd
+    z_base = z_ptr + pid_b * s_zb + d64[:, None] * s_zd
+    o_base = dout_ptr + pid_b * s_ob + d64[:, None] * s_od
+    du_base = du_ptr + pid_b * s_dub + d64[:, None] * s_dud
+    ddl_base = ddelta_ptr + pid_b * s_ddb + d64[:, None] * s_ddd
+    dz_base = dz_ptr + pid_b * s_dzb + d64[:, None] * s_dzd
+    B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n64[:, None] * s_Bn
+    C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n64[:, None] * s_Cn
+    # dB/dC accumulators: (batch, K, dstate, seqlen) with K = groups (atomics) or programs (deterministic)
+    if DETERMINISTIC:
+        k64 = pid_d.to(tl.int64)
+    else:
+        k64 = g64
+    gB_base = dB_ptr + pid_b * s_gb + k64 * s_gk + n64[:, None] * s_gn
+    gC_base = dC_ptr + pid_b * s_gb + k64 * s_gk + n64[:, None] * s_gn
+
+    A = tl.load(A_ptr + d64[:, None] * dstate + n64[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    row = (pid_b * dim + d64)[:, None] * dstate + n64[None, :]
+    st_base = states_ptr + ((pid_b * dim + d64)[:, None] * nsaved) * dstate + n64[None, :]
+    if HAS_DLAST:
+        dlast = tl.load(dlast_ptr + row, mask=mask_dn, other=0.0).to(tl.float32)
+
+    carry = tl.zeros((BD, NP), tl.float32)     # dL/dh at the first step of the later chunk
+    dA_acc = tl.zeros((BD, NP), tl.float32)
+    dD_acc = tl.zeros((BD,), tl.float32)
+    db_acc = tl.zeros((BD,), tl.float32)
+    for i in range(nchunks):
+        c = nchunks - 1 - i
+        t = c * BL + offs_l
+        mask_t = t < seqlen
+        mask_t1 = (t + 1) < seqlen
+        t64 = t.to(tl.int64)
+        m2 = mask_d[:, None] & mask_t[None, :]
+        m21 = mask_d[:, None] & mask_t1[None, :]
+        mnt = mask_n[:, None] & mask_t[None, :]
+        u = tl.load(u_base + t64[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
+        pre, dl = _load_delta(dl_base + t64[None, :] * s_dl, m2, bias, HAS_BIAS, SOFTPLUS)
+        dl = tl.where(m2, dl, 0.0)
+        _, dln = _load_delta(dl_base + (t64 + 1)[None, :] * s_dl, m21, bias, HAS_BIAS, SOFTPLUS)
+        Bt = tl.load(B_base + t64[None, :] * s_Bl, mask=mnt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + t64[None, :] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
+        dout = tl.load(o_base + t64[None, :] * s_ol, mask=m2, other=0.0).to(tl.float32)
+        h0 = tl.load(st_base + (c * every) * dstate, mask=mask_dn, other=0.0)
+
+        # recompute the chunk's states
+        a = tl.exp2(dl[:, None, :] * A2[:, :, None])
+        bx = (dl * u)[:, None, :] * Bt[None, :, :]
+        pa, pb = tl.associative_scan((a, bx), axis=2, combine_fn=_combine)
+        hs = pb + pa * h0[:, :, None]
+        if HAS_Z:
+            zt = tl.load(z_base + t64[None, :] * s_zl, mask=m2, other=0.0).to(tl.float32)
+            yv = tl.sum(hs * Ct[None, :, :], axis=1)
+            if HAS_D:
+                yv = yv + Dv[:, None] * u
+            sz = tl.sigmoid(zt)
+            dzt = dout * yv * sz * (1.0 + zt * (1.0 - sz))
+            tl.store(dz_base + t64[None, :] * s_dzl, dzt.to(dz_ptr.dtype.element_ty), mask=m2)
+            dy = dout * zt * sz
+        else:
+            dy = dout
+        # reverse scan: dh_t = dy_t C_t + a_{t+1} dh_{t+1}
+        x = dy[:, None, :] * Ct[None, :, :]
+        if HAS_DLAST:
+            x = x + tl.where((t == seqlen - 1)[None, None, :], dlast[:, :, None], 0.0)
+        alpha = tl.where(mask_t1[None, None, :], tl.exp2(dln[:, None, :] * A2[:, :, None]), 0.0)
+        ra, rb = tl.associative_scan((alpha, x), axis=2, combine_fn=_combine, reverse=True)
+        dh = rb + ra * carry[:, :, None]
+        carry = tl.sum(tl.where(offs_l[None, None, :] == 0, dh, 0.0), axis=2)
+
+        hb = hs - bx                       # = a_t * h_{t-1}
+        dhhb = dh * hb
+        dA_acc += tl.sum(dhhb * dl[:, None, :], axis=2)
+        dhB = tl.sum(dh * Bt[None, :, :], axis=1)          # [BD, BL]
+        ddl = tl.sum(dhhb * A[:, :, None], axis=1) + u * dhB
+        dut = dl * dhB
+        if HAS_D:
+            dut = dut + dy * Dv[:, None]
+            dD_acc += tl.sum(dy * u, axis=1)
+        if SOFTPLUS:
+            ddl = ddl * tl.sigmoid(pre)
+        ddl = tl.where(m2, ddl, 0.0)
+        db_acc += tl.sum(ddl, axis=1)
+        tl.store(du_base + t64[None, :] * s_dul, dut.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddl_base + t64[None, :] * s_ddl, ddl.to(ddelta_ptr.dtype.element_ty), mask=m2)
+
+        gB = tl.sum(dh * (dl * u)[:, None, :], axis=0)     # [NP, BL], reduced over the channels
+        gC = tl.sum(dy[:, None, :] * hs, axis=0)
+        if DETERMINISTIC:
+            tl.store(gB_base + t64[None, :] * s_gl, gB, mask=mnt)
+            tl.store(gC_base + t64[None, :] * s_gl, gC, mask=mnt)
+        else:
+            tl.atomic_add(gB_base + t64[None, :] * s_gl, gB, mask=mnt, sem="relaxed")
+            tl.atomic_add(gC_base + t64[None, :] * s_gl, gC, mask=mnt, sem="relaxed")
+
+    # dL/dh_{-1} = a_0 * dh_0
+    _, dl0 = _load_delta(dl_base + tl.zeros((1,), tl.int64)[None, :], mask_d[:, None], bias, HAS_BIAS, SOFTPLUS)
+    a0 = tl.exp2(tl.sum(dl0, axis=1)[:, None] * A2)
+    tl.store(dinit_ptr + row, carry * a0, mask=mask_dn)
+    tl.store(dA_ptr + row, dA_acc, mask=mask_dn)
+    rowd = pid_b * dim + d64
+    tl.store(dD_ptr + rowd, dD_acc, mask=mask_d)
+    tl.store(dbias_ptr + rowd, db_acc, mask=mask_d)
+
+
+@triton.jit
+def scan_fwd_tm_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
+    y_ptr, states_ptr, last_ptr,
+    dim, seqlen, dstate, per_group, nchunks,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_yb, s_yd, s_yl,
+    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr,
+):
+    """Same function as scan_fwd_kernel with time-major tiles [BL, BD, N] (scan along axis 0).
+
+    Triton's default layout then keeps the time axis inside each thread (a sequential in-register
+    scan, no shuffles) and spreads channels and states over lanes; which variant is faster is
+    decided by timing (triton_tune)."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d0 = pid_d * BD
+    offs_d = d0 + tl.arange(0, BD)
+    mask_d = offs_d < dim
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < dstate
+    offs_l = tl.arange(0, BL)
+    d64 = offs_d.to(tl.int64)
+    n64 = offs_n.to(tl.int64)
+    g64 = (d0 // per_group).to(tl.int64)
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+
+    u_base = u_ptr + pid_b * s_ub + d64[None, :] * s_ud
+    dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
+    y_base = y_ptr + pid_b * s_yb + d64[None, :] * s_yd
+    z_base = z_ptr + pid_b * s_zb + d64[None, :] * s_zd
+    B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n64[None, :] * s_Bn
+    C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n64[None, :] * s_Cn
+
+    A2 = tl.load(A_ptr + d64[:, None] * dstate + n64[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    row = (pid_b * dim + d64)[:, None] * dstate + n64[None, :]
+    if HAS_INIT:
+        h = tl.load(init_ptr + row, mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BD, NP), tl.float32)
+    st_base = states_ptr + ((pid_b * dim + d64)[:, None] * nchunks) * dstate + n64[None, :]
+
+    for c in range(nchunks):
+        t = c * BL + offs_l
+        mask_t = t < seqlen
+        t64 = t.to(tl.int64)
+        if SAVE_STATES:
+            tl.store(st_base + c * dstate, h, mask=mask_dn)
+        m2 = mask_t[:, None] & mask_d[None, :]
+        u = tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
+        pre = tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            pre = pre + bias[None, :]
+        if SOFTPLUS:
+            dl = _softplus(pre)
+        else:
+            dl = pre
+        dl = tl.where(m2, dl, 0.0)
+        mnt = mask_t[:, None] & mask_n[None, :]
+        Bt = tl.load(B_base + t64[:, None] * s_Bl, mask=mnt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + t64[:, None] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
+        a = tl.exp2(dl[:, :, None] * A2[None, :, :])
+        bx = (dl * u)[:, :, None] * Bt[:, None, :]
+        pa, pb = tl.associative_scan((a, bx), axis=0, combine_fn=_combine)
+        hs = pb + pa * h[None, :, :]
+        y = tl.sum(hs * Ct[:, None, :], axis=2)
+        h = tl.sum(tl.where(offs_l[:, None, None] == BL - 1, hs, 0.0), axis=0)
+        if HAS_D:
+            y = y + Dv[None, :] * u
+        if HAS_Z:
+            zt = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
+            y = y * zt * tl.sigmoid(zt)
+        tl.store(y_base + t64[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
+    tl.store(last_ptr + row, h, mask=mask_dn)
+
+
+@triton.jit
+def _load_delta_tm(ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Raw delta tile [BL, BD] -> (after bias, after softplus), float32."""
+    pre = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        pre = pre + bias[None, :]
+    if SOFTPLUS:
+        post = _softplus(pre)
+    else:
+        post = pre
+    return pre, post
+
+
+@triton.jit
+def scan_bwd_tm_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dinit_ptr,
+    dim, seqlen, dstate, per_group, nchunks, nsaved, every,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_ob, s_od, s_ol,
+    s_dub, s_dud, s_dul, s_ddb, s_ddd, s_ddl, s_dzb, s_dzd, s_dzl,
+    s_gb, s_gk, s_gn, s_gl,
+    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DLAST: tl.constexpr, DETERMINISTIC: tl.constexpr,
+):
+    """scan_bwd_kernel with time-major tiles [BL, BD, N] (scans along axis 0); same outputs."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d0 = pid_d * BD
+    offs_d = d0 + tl.arange(0, BD)
+    mask_d = offs_d < dim
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < dstate
+    offs_l = tl.arange(0, BL)
+    d64 = offs_d.to(tl.int64)
+    n64 = offs_n.to(tl.int64)
+    g64 = (d0 // per_group).to(tl.int64)
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+
+    u_base = u_ptr + pid_b * s_ub + d64[None, :] * s_ud
+    dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
+    z_base = z_ptr + pid_b * s_zb + d64[None, :] * s_zd
+    o_base = dout_ptr + pid_b * s_ob + d64[None, :] * s_od
+    du_base = du_ptr + pid_b * s_dub + d64[None, :] * s_dud
+    ddl_base = ddelta_ptr + pid_b * s_ddb + d64[None, :] * s_ddd
+    dz_base = dz_ptr + pid_b * s_dzb + d64[None, :] * s_dzd
+    B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n64[None, :] * s_Bn
+    C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n64[None, :] * s_Cn
+    if DETERMINISTIC:
+        k64 = pid_d.to(tl.int64)
+    else:
+        k64 = g64
+    gB_base = dB_ptr + pid_b * s_gb + k64 * s_gk + n64[None, :] * s_gn
+    gC_base = dC_ptr + pid_b * s_gb + k64 * s_gk + n64[None, :] * s_gn
+
+    A = tl.load(A_ptr + d64[:, None] * dstate + n64[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    row = (pid_b * dim + d64)[:, None] * dstate + n64[None, :]
+    st_base = states_ptr + ((pid_b * dim + d64)[:, None] * nsaved) * dstate + n64[None, :]
+    if HAS_DLAST:
+        dlast = tl.load(dlast_ptr + row, mask=mask_dn, other=0.0).to(tl.float32)
+
+    carry = tl.zeros((BD, NP), tl.float32)
+    dA_acc = tl.zeros((BD, NP), tl.float32)
+    dD_acc = tl.zeros((BD,), tl.float32)
+    db_acc = tl.zeros((BD,), tl.float32)
+    for i in range(nchunks):
+        c = nchunks - 1 - i
+        t = c * BL + offs_l
+        mask_t = t < seqlen
+        mask_t1 = (t + 1) < seqlen
+        t64 = t.to(tl.int64)
+        m2 = mask_t[:, None] & mask_d[None, :]
+        m21 = mask_t1[:, None] & mask_d[None, :]
+        mnt = mask_t[:, None] & mask_n[None, :]
+        u = tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
+        pre, dl = _load_delta_tm(dl_base + t64[:, None] * s_dl, m2, bias, HAS_BIAS, SOFTPLUS)
+        dl = tl.where(m2, dl, 0.0)
+        _, dln = _load_delta_tm(dl_base + (t64 + 1)[:, None] * s_dl, m21, bias, HAS_BIAS, SOFTPLUS)
+        Bt = tl.load(B_base + t64[:, None] * s_Bl, mask=mnt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + t64[:, None] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
+        dout = tl.load(o_base + t64[:, None] * s_ol, mask=m2, other=0.0).to(tl.float32)
+        h0 = tl.load(st_base + (c * every) * dstate, mask=mask_dn, other=0.0)
+
+        a = tl.exp2(dl[:, :, None] * A2[None, :, :])
+        bx = (dl * u)[:, :, None] * Bt[:, None, :]
+        pa, pb = tl.associative_scan((a, bx), axis=0, combine_fn=_combine)
+        hs = pb + pa * h0[None, :, :]
+        if HAS_Z:
+            zt = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
+            yv = tl.sum(hs * Ct[:, None, :], axis=2)
+            if HAS_D:
+                yv = yv + Dv[None, :] * u
+            sz = tl.sigmoid(zt)
+            dzt = dout * yv * sz * (1.0 + zt * (1.0 - sz))
+            tl.store(dz_base + t64[:, None] * s_dzl, dzt.to(dz_ptr.dtype.element_ty), mask=m2)
+            dy = dout * zt * sz
+        else:
+            dy = dout
+        x = dy[:, :, None] * Ct[:, None, :]
+        if HAS_DLAST:
+            x = x + tl.where((t == seqlen - 1)[:, None, None], dlast[None, :, :], 0.0)
+        alpha = tl.where(mask_t1[:, None, None], tl.exp2(dln[:, :, None] * A2[None, :, :]), 0.0)
+        ra, rb = tl.associative_scan((alpha, x), axis=0, combine_fn=_combine, reverse=True)
+        dh = rb + ra * carry[None, :, :]
+        carry = tl.sum(tl.where(offs_l[:, None, None] == 0, dh, 0.0), axis=0)
+
+        hb = hs - bx
+        dhhb = dh * hb
+        dA_acc += tl.sum(dhhb * dl[:, :, None], axis=0)
+        dhB = tl.sum(dh * Bt[:, None, :], axis=2)          # [BL, BD]
+        ddl = tl.sum(dhhb * A[None, :, :], axis=2) + u * dhB
+        dut = dl * dhB
+        if HAS_D:
+            dut = dut + dy * Dv[None, :]
+            dD_acc += tl.sum(dy * u, axis=0)
+        if SOFTPLUS:
+            ddl = ddl * tl.sigmoid(pre)
+        ddl = tl.where(m2, ddl, 0.0)
+        db_acc += tl.sum(ddl, axis=0)
+        tl.store(du_base + t64[:, None] * s_dul, dut.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddl_base + t64[:, None] * s_ddl, ddl.to(ddelta_ptr.dtype.element_ty), mask=m2)
+
+        gB = tl.sum(dh * (dl * u)[:, :, None], axis=1)     # [BL, NP], reduced over the channels
+        gC = tl.sum(dy[:, :, None] * hs, axis=1)
+        if DETERMINISTIC:
+            tl.store(gB_base + t64[:, None] * s_gl, gB, mask=mnt)
+            tl.store(gC_base + t64[:, None] * s_gl, gC, mask=mnt)
+        else:
+            tl.atomic_add(gB_base + t64[:, None] * s_gl, gB, mask=mnt, sem="relaxed")
+            tl.atomic_add(gC_base + t64[:, None] * s_gl, gC, mask=mnt, sem="relaxed")
+
+    _, dl0 = _load_delta_tm(dl_base + tl.zeros((1,), tl.int64)[:, None], mask_d[None, :], bias, HAS_BIAS, SOFTPLUS)
+    a0 = tl.exp2(tl.sum(dl0, axis=0)[:, None] * A2)
+    tl.store(dinit_ptr + row, carry * a0, mask=mask_dn)
+    tl.store(dA_ptr + row, dA_acc, mask=mask_dn)
+    rowd = pid_b * dim + d64
+    tl.store(dD_ptr + rowd, dD_acc, mask=mask_d)
+    tl.store(dbias_ptr + rowd, db_acc, mask=mask_d)

@@ -1,0 +1,252 @@
+"""``selective_scan`` on the fused Triton kernels: launch logic and the autograd Function."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import triton_tune
+from .checks import check_selective_scan_args
+from .triton_scan import scan_bwd_kernel, scan_bwd_tm_kernel, scan_fwd_kernel, scan_fwd_tm_kernel
+
+COMPILED = {}       # last compiled kernel per name (registers/spills for the benchmark's report)
+SAVE_CHUNK = 32           # the training forward saves the state every SAVE_CHUNK steps (its chunk length);
+# the backward's chunk (BL) is a multiple of it and reads every (BL / SAVE_CHUNK)-th saved state
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _bd_ok(bd: int, dim: int, groups: int) -> bool:
+    """A program's channels must share one B/C group."""
+    if groups == 1:
+        return bd <= max(1, _pow2(dim))
+    return (dim // groups) % bd == 0
+
+
+def _candidates(dim, groups, cfgs, kind):
+    """Valid (variant, BD, BL, num_warps) configurations to time, in order of preference.
+
+    variant "tm": time-major tiles [BL, BD, N]; "cm": channel-major [BD, N, BL] (see triton_scan).
+    $LONGSEQ_SCAN_{FWD,BWD}_VARIANT forces a variant; $LONGSEQ_SCAN_FWD_CFGS / _BWD_CFGS
+    ("tm:8:32:4,...") replace the inference forward's / the backward's list (a backward BL must be a
+    multiple of SAVE_CHUNK)."""
+    forced = os.environ.get(f"LONGSEQ_SCAN_{'BWD' if kind == 'bwd' else 'FWD'}_VARIANT")
+    listed = {"fwd": os.environ.get("LONGSEQ_SCAN_FWD_CFGS"), "bwd": os.environ.get("LONGSEQ_SCAN_BWD_CFGS")}.get(kind)
+    if listed:
+        cfgs = [tuple([f[0]] + [int(x) for x in f[1:]]) for f in (c.split(":") for c in listed.split(","))]
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        # the interpreter's cost is per operation, not per element: fewer, wider programs are faster
+        v, bl = cfgs[0][0], cfgs[0][2]
+        cfgs = [(v, bd, bl, 4) for bd in (16, 8, 4, 2, 1)]
+    if forced:
+        cfgs = [(forced,) + tuple(c[1:]) for c in cfgs]
+    out, seen = [], set()
+    for c in cfgs:
+        if _bd_ok(c[1], dim, groups) and c not in seen:
+            out.append(c)
+            seen.add(c)
+    if not out:
+        out = [(cfgs[0][0], 1, cfgs[0][2], 4)]
+    return out
+
+
+# Candidates, from sweeps on an H100 and an H200 (docs/kernel_notes.md), fastest first: the forward
+# is fastest time-major, the backward channel-major (its time-major version spills). The tuner
+# times them per shape on first use; with LONGSEQ_AUTOTUNE=0 the first valid one is used.
+FWD_CFGS = [("tm", 8, 32, 4), ("tm", 16, 16, 4), ("tm", 8, 16, 4), ("tm", 4, 64, 4), ("tm", 4, 32, 4),
+            ("tm", 2, 32, 4), ("cm", 2, 32, 4)]
+FWD_TRAIN_CFGS = [("tm", 8, SAVE_CHUNK, 4), ("tm", 16, SAVE_CHUNK, 4), ("tm", 4, SAVE_CHUNK, 4),
+                  ("tm", 2, SAVE_CHUNK, 4), ("cm", 2, SAVE_CHUNK, 4)]
+BWD_CFGS = [("cm", 4, 64, 4), ("cm", 2, 64, 4), ("tm", 8, 32, 4), ("tm", 4, 32, 4), ("tm", 16, 32, 4),
+            ("tm", 4, 64, 4)]
+
+
+def deterministic() -> bool:
+    return torch.are_deterministic_algorithms_enabled() or os.environ.get("LONGSEQ_DETERMINISTIC") == "1"
+
+
+def _strides3(t):
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _strides_bc(t, groups):
+    if t.dim() == 3:      # (batch, dstate, L): one group, group stride unused
+        return t.stride(0), 0, t.stride(1), t.stride(2)
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_states):
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    per = dim // groups
+    NP = max(2, _pow2(dstate))
+    dev = u.device
+    y = torch.empty((batch, dim, seqlen), device=dev, dtype=u.dtype)
+    last = torch.empty((batch, dim, dstate), device=dev, dtype=torch.float32)
+    A = A.float().contiguous()
+    if initial_state is not None:
+        initial_state = initial_state.float().contiguous()
+    dummy = y
+    if save_states:
+        cands = _candidates(dim, groups, FWD_TRAIN_CFGS, "fwd_train")
+    else:
+        cands = _candidates(dim, groups, FWD_CFGS, "fwd")
+    states_holder = {}
+
+    def run(cfg):
+        variant, bd, bl, warps = cfg
+        kernel = scan_fwd_tm_kernel if variant == "tm" else scan_fwd_kernel
+        nchunks = triton_cdiv(seqlen, bl)
+        if save_states:
+            states = states_holder.get(bl)
+            if states is None:
+                states = torch.empty((batch, dim, nchunks, dstate), device=dev, dtype=torch.float32)
+                states_holder[bl] = states
+        else:
+            states = last
+        COMPILED["scan_fwd" + ("_train" if save_states else "")] = kernel[(triton_cdiv(dim, bd), batch)](
+            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, initial_state if initial_state is not None else dummy,
+            y, states, last,
+            dim, seqlen, dstate, per, nchunks,
+            *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
+            *_strides_bc(B, groups), *_strides_bc(C, groups), *_strides3(y),
+            BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(softplus), HAS_INIT=initial_state is not None, SAVE_STATES=save_states,
+            num_warps=warps,
+        )
+        return states
+
+    key = (batch, dim, _bucket(seqlen), dstate, groups, str(u.dtype), D is not None, z is not None,
+           delta_bias is not None, bool(softplus), initial_state is not None, save_states)
+    cfg = triton_tune.pick("scan_fwd", key, cands, run, u)
+    states = run(cfg)
+    return y, last, (states if save_states else None)
+
+
+def _bucket(n: int) -> int:
+    return _pow2(n)
+
+
+def triton_cdiv(a, b):
+    return (a + b - 1) // b
+
+
+def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, need):
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    per = dim // groups
+    NP = max(2, _pow2(dstate))
+    dev = u.device
+    nsaved = states.shape[2]
+    det = deterministic()
+    A = A.float().contiguous()
+    du = torch.empty((batch, dim, seqlen), device=dev, dtype=u.dtype)
+    ddelta = torch.empty((batch, dim, seqlen), device=dev, dtype=delta.dtype)
+    dz = torch.empty((batch, dim, seqlen), device=dev, dtype=z.dtype) if z is not None else du
+    dA_p = torch.empty((batch, dim, dstate), device=dev, dtype=torch.float32)
+    dD_p = torch.empty((batch, dim), device=dev, dtype=torch.float32)
+    db_p = torch.empty((batch, dim), device=dev, dtype=torch.float32)
+    dinit = torch.empty((batch, dim, dstate), device=dev, dtype=torch.float32)
+    dummy = du
+    if dlast is not None:
+        dlast = dlast.float().contiguous()
+    cands = _candidates(dim, groups, BWD_CFGS, "bwd")
+    bufs = {}
+
+    def run(cfg):
+        variant, bd, bl, warps = cfg
+        nchunks = triton_cdiv(seqlen, bl)
+        kernel = scan_bwd_tm_kernel if variant == "tm" else scan_bwd_kernel
+        K = triton_cdiv(dim, bd) if det else groups
+        gB = bufs.get(("B", K))
+        if gB is None:
+            gB = bufs[("B", K)] = torch.empty((batch, K, dstate, seqlen), device=dev, dtype=torch.float32)
+            bufs[("C", K)] = torch.empty_like(gB)
+        gC = bufs[("C", K)]
+        if not det:
+            gB.zero_()
+            gC.zero_()
+        COMPILED["scan_bwd"] = kernel[(triton_cdiv(dim, bd), batch)](
+            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, states, dout, dlast if dlast is not None else dummy,
+            du, ddelta, dz, gB, gC, dA_p, dD_p, db_p, dinit,
+            dim, seqlen, dstate, per, nchunks, nsaved, bl // SAVE_CHUNK,
+            *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
+            *_strides_bc(B, groups), *_strides_bc(C, groups), *_strides3(dout),
+            *_strides3(du), *_strides3(ddelta), *_strides3(dz),
+            gB.stride(0), gB.stride(1), gB.stride(2), gB.stride(3),
+            BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(softplus), HAS_DLAST=dlast is not None, DETERMINISTIC=det,
+            num_warps=warps,
+        )
+        return gB, gC, K, bd
+
+    key = (batch, dim, _bucket(seqlen), dstate, groups, str(u.dtype), D is not None, z is not None,
+           delta_bias is not None, bool(softplus), dlast is not None, det)
+    cfg = triton_tune.pick("scan_bwd", key, cands, run, u)
+    gB, gC, K, bd = run(cfg)
+    del bd
+    if det and K != groups:
+        # per-program partial sums -> per-group sums, in a fixed order
+        if groups == 1:
+            gB, gC = gB.sum(1, keepdim=True), gC.sum(1, keepdim=True)
+        else:
+            gB = gB.reshape(batch, groups, K // groups, dstate, seqlen).sum(2)
+            gC = gC.reshape(batch, groups, K // groups, dstate, seqlen).sum(2)
+    dB = gB.reshape(B.shape).to(B.dtype) if need[3] else None
+    dC = gC.reshape(C.shape).to(C.dtype) if need[4] else None
+    dA = dA_p.sum(0).to(A.dtype)
+    dD = dD_p.sum(0) if D is not None else None
+    dbias = db_p.sum(0) if delta_bias is not None else None
+    return du, ddelta, dA, dB, dC, dD, (dz if z is not None else None), dbias, dinit
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state):
+        save = any(ctx.needs_input_grad)
+        y, last, states = _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save)
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+            ctx.softplus = delta_softplus
+            ctx.has_init = initial_state is not None
+            ctx.dtypes = (A.dtype, None if D is None else D.dtype,
+                          None if delta_bias is None else delta_bias.dtype,
+                          None if initial_state is None else initial_state.dtype)
+        ctx.set_materialize_grads(False)
+        if return_last_state:
+            return y, last
+        return y
+
+    @staticmethod
+    def backward(ctx, dy, dlast=None):
+        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if dy is None:
+            dy = torch.zeros_like(u)
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dinit = _bwd(
+            dy, dlast, u, delta, A, B, C, D, z, delta_bias, ctx.softplus, states, need)
+        a_dt, d_dt, b_dt, i_dt = ctx.dtypes
+        return (du, ddelta, dA.to(a_dt), dB, dC,
+                None if dD is None else dD.to(d_dt), dz,
+                None if dbias is None else dbias.to(b_dt), None, None,
+                dinit.to(i_dt) if ctx.has_init else None)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, initial_state=None):
+    """Fused Triton selective scan; same contract as :func:`longseq.kernels.selective_scan`."""
+    check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, fn="selective_scan")
+    out = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                bool(return_last_state), initial_state)
+    if return_last_state:
+        y, last = out
+        if u.dtype == torch.float64:
+            last = last.double()
+        return y, last
+    return out

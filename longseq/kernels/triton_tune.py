@@ -1,0 +1,48 @@
+"""A small autotuner for kernels whose launch grid or buffers depend on the block sizes.
+
+Triton's ``@triton.autotune`` re-runs the kernel many times while timing it, which is wrong for a
+kernel that accumulates into (or writes in place over) its arguments. Here each kernel wrapper
+passes a ``run(cfg)`` closure that allocates or zeroes what it writes, so every trial starts clean,
+and the winner is cached per key. Tuning happens only on CUDA (never under TRITON_INTERPRET) and
+can be switched off with ``LONGSEQ_AUTOTUNE=0`` (the first valid candidate is used then).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_CACHE: dict = {}
+LOG: list = []   # (kernel, key, cfg, ms) of each tuned winner, for the benchmark's report
+TRIALS: list = []  # (kernel, key, cfg, ms or None) of every trial
+
+
+def enabled(t: torch.Tensor) -> bool:
+    return t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get("LONGSEQ_AUTOTUNE", "1") != "0"
+
+
+def pick(name: str, key, candidates: list, run, device_tensor: torch.Tensor):
+    """Return the fastest of ``candidates`` for ``key`` (timing ``run(cfg)``), or the first if not tuning."""
+    if not candidates:
+        raise RuntimeError(f"{name}: no valid kernel configuration")
+    if len(candidates) == 1 or not enabled(device_tensor):
+        return candidates[0]
+    full = (name,) + tuple(key)
+    if full in _CACHE:
+        return _CACHE[full]
+    from triton.testing import do_bench
+    best, best_ms = None, float("inf")
+    for cfg in candidates:
+        try:
+            ms = do_bench(lambda: run(cfg), warmup=5, rep=20, return_mode="median")
+        except Exception:  # a configuration that does not compile (e.g. out of resources) is skipped
+            TRIALS.append((name, key, cfg, None))
+            continue
+        TRIALS.append((name, key, cfg, ms))
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    if best is None:
+        best = candidates[0]
+    _CACHE[full] = best
+    LOG.append((name, key, best, best_ms))
+    return best

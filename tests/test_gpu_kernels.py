@@ -1,0 +1,208 @@
+"""GPU checks of the fused Triton kernels (run on the device: `pytest -m gpu tests/test_gpu_kernels.py`).
+
+fp32 within 1e-4 relative (norm-wise) of the float64 reference, bf16 within 1e-2; outputs written
+over memory poisoned with NaN; seqlen 2^20 at batch 1 against the chunked reference; 64-bit
+offsets past 2^31 elements; a MambaLM training step on GPU against the CPU path.
+"""
+import os
+
+import pytest
+import torch
+
+from longseq.kernels import reference as R
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+              pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiled kernels only")]
+
+DEV = "cuda"
+
+
+def T():
+    from longseq.kernels import triton_ops
+    return triton_ops
+
+
+def rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def poison_allocator(nbytes=2 << 30):
+    """Fill a large block with NaN and return it to PyTorch's cache: the next torch.empty calls
+    (our kernels' outputs) reuse it, so an element a kernel fails to write stays NaN."""
+    torch.empty(nbytes // 4, device=DEV, dtype=torch.float32).fill_(float("nan"))
+    torch.cuda.synchronize()
+
+
+def scan_inputs(batch, dim, seqlen, dstate, groups, dtype, gen):
+    r = lambda *s: torch.randn(*s, generator=gen, device=DEV)
+    bc = (batch, groups, dstate, seqlen) if groups else (batch, dstate, seqlen)
+    t = dict(u=r(batch, dim, seqlen), delta=r(batch, dim, seqlen) * 0.5 - 1.0, B=r(*bc), C=r(*bc),
+             z=r(batch, dim, seqlen))
+    t = {k: v.to(dtype) for k, v in t.items()}
+    t.update(A=-(torch.rand(dim, dstate, generator=gen, device=DEV) * 8 + 0.5), D=r(dim),
+             delta_bias=r(dim) * 0.3, initial_state=r(batch, dim, dstate))
+    return t
+
+
+ARGS = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
+
+
+def call(fn, t, last=True):
+    return fn(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], delta_bias=t["delta_bias"],
+              delta_softplus=True, return_last_state=last, initial_state=t["initial_state"])
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("batch,dim,seqlen,dstate,groups", [
+    (2, 1, 1, 16, None), (2, 5, 17, 5, None), (2, 40, 300, 16, 4), (2, 64, 2049, 16, None),
+    (1, 96, 4100, 16, 2)])
+def test_scan_fwd_bwd_vs_float64(dtype, tol, batch, dim, seqlen, dstate, groups):
+    gen = torch.Generator(device=DEV).manual_seed(seqlen + dim)
+    t = scan_inputs(batch, dim, seqlen, dstate, groups, dtype, gen)
+    xs = {k: v.clone().requires_grad_() for k, v in t.items()}
+    xr = {k: v.double().requires_grad_() for k, v in t.items()}
+    poison_allocator()
+    y, last = call(T().selective_scan, xs)
+    yr, lr = call(R.selective_scan_ref, xr)
+    assert y.dtype == dtype and last.dtype == torch.float32
+    assert torch.isfinite(y).all() and torch.isfinite(last).all()
+    # the reference rounds y to the input dtype too: compare before that rounding where possible
+    assert rel(y, yr) < tol and rel(last, lr) < tol
+    gy = torch.randn(y.shape, generator=gen, device=DEV).to(dtype)
+    gl = torch.randn(last.shape, generator=gen, device=DEV)
+    poison_allocator()
+    ((y.float() * gy.float()).sum() + (last * gl).sum()).backward()
+    ((yr * gy.double()).sum() + (lr * gl.double()).sum()).backward()
+    for k in ARGS:
+        g = xs[k].grad
+        assert g is not None and g.shape == t[k].shape and g.dtype == t[k].dtype, k
+        assert torch.isfinite(g).all(), f"{k}: unwritten (NaN) or non-finite gradient"
+        assert rel(g, xr[k].grad) < tol, (k, rel(g, xr[k].grad))
+
+
+def test_scan_deterministic_mode_is_bitwise_repeatable(monkeypatch):
+    monkeypatch.setenv("LONGSEQ_DETERMINISTIC", "1")
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    t = scan_inputs(2, 256, 1000, 16, None, torch.float32, gen)
+    outs = []
+    for _ in range(2):
+        xs = {k: v.clone().requires_grad_() for k, v in t.items()}
+        y = call(T().selective_scan, xs, last=False)
+        y.square().sum().backward()
+        outs.append([xs[k].grad for k in ("B", "C", "A", "u")])
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+def test_scan_seqlen_2_20_batch1_vs_chunked_reference():
+    L = 1 << 20
+    gen = torch.Generator(device=DEV).manual_seed(1)
+    t = scan_inputs(1, 8, L, 16, None, torch.float32, gen)
+    xs = {k: v.clone().requires_grad_() for k, v in t.items()}
+    xr = {k: v.clone().requires_grad_() for k, v in t.items()}
+    y, last = call(T().selective_scan, xs)
+    yr, lr = call(R.selective_scan_chunked, xr)
+    assert rel(y, yr) < 1e-4 and rel(last, lr) < 1e-4
+    gy = torch.randn(y.shape, generator=gen, device=DEV)
+    (y * gy).sum().backward()
+    (yr * gy).sum().backward()
+    for k in ARGS:
+        assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
+
+
+def test_scan_64bit_offsets_past_2_31_elements():
+    # batch*dim*seqlen = 2^31 + 2^21: the last channels start past 2^31 elements
+    L = 1 << 20
+    dim = 2050
+    gen = torch.Generator(device=DEV).manual_seed(2)
+    u = torch.randn(1, dim, L, device=DEV, dtype=torch.bfloat16, generator=gen)
+    delta = (torch.rand(1, dim, L, device=DEV, generator=gen) * 0.1).to(torch.bfloat16)
+    B = torch.randn(1, 16, L, device=DEV, generator=gen).to(torch.bfloat16)
+    C = torch.randn(1, 16, L, device=DEV, generator=gen).to(torch.bfloat16)
+    A = -torch.rand(dim, 16, device=DEV, generator=gen) - 0.1
+    with torch.no_grad():
+        y, last = T().selective_scan(u, delta, A, B, C, return_last_state=True)
+        for sl in (slice(0, 2), slice(dim - 2, dim)):
+            yr, lr = R.selective_scan_chunked(u[:, sl], delta[:, sl], A[sl], B, C, return_last_state=True)
+            assert rel(y[:, sl], yr) < 1e-2 and rel(last[:, sl], lr) < 1e-4
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("with_init", [False, True])
+def test_causal_conv1d_gpu(dtype, tol, with_init):
+    gen = torch.Generator(device=DEV).manual_seed(5)
+    b, d, L, W = 2, 96, 1000, 4
+    ts = [torch.randn(b, d, L, device=DEV, generator=gen).to(dtype), torch.randn(d, W, device=DEV, generator=gen),
+          torch.randn(d, device=DEV, generator=gen), torch.randn(b, d, W - 1, device=DEV, generator=gen).to(dtype)]
+    x = [v.clone().requires_grad_() for v in ts]
+    xr = [v.double().requires_grad_() for v in ts]
+    poison_allocator()
+    y, f = T().causal_conv1d(x[0], x[1], x[2], "silu", x[3] if with_init else None, True)
+    yr, fr = R.causal_conv1d_ref(xr[0], xr[1], xr[2], "silu", xr[3] if with_init else None, True)
+    assert rel(y, yr) < tol
+    gy = torch.randn(y.shape, device=DEV, generator=gen).to(dtype)
+    (y.float() * gy.float()).sum().backward()
+    (yr * gy.double()).sum().backward()
+    for a, r in zip(x[:3] + (x[3:] if with_init else []), xr[:3] + (xr[3:] if with_init else [])):
+        assert torch.isfinite(a.grad).all() and rel(a.grad, r.grad) < tol
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_selective_state_update_gpu(grouped):
+    gen = torch.Generator(device=DEV).manual_seed(6)
+    b, d, n, g = 4, 192, 16, 4
+    r = lambda *s: torch.randn(*s, device=DEV, generator=gen)
+    st = r(b, d, n)
+    B = r(b, g, n) if grouped else r(b, n)
+    C = r(*B.shape)
+    args = (r(b, d), r(b, d), -torch.rand(d, n, device=DEV, generator=gen) * 4, B, C, r(d), r(b, d), r(d), True)
+    s1, s2 = st.clone(), st.double()
+    y = T().selective_state_update(s1, *args)
+    yr = R.selective_state_update_ref(s2, *[a.double() if torch.is_tensor(a) else a for a in args])
+    assert rel(y, yr) < 1e-4 and rel(s1, s2) < 1e-4
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+def test_rms_norm_gpu(dtype, tol):
+    gen = torch.Generator(device=DEV).manual_seed(7)
+    shape = (4, 333, 768)
+    ts = [torch.randn(shape, device=DEV, generator=gen).to(dtype), torch.randn(768, device=DEV, generator=gen),
+          torch.randn(shape, device=DEV, generator=gen)]
+    x = [v.clone().requires_grad_() for v in ts]
+    xr = [v.double().requires_grad_() for v in ts]
+    poison_allocator()
+    y, s = T().rms_norm(x[0], x[1], x[2], 1e-5, True, True)
+    yr, sr = R.rms_norm_ref(xr[0], xr[1], xr[2], 1e-5, True, True)
+    assert rel(y, yr) < tol and rel(s, sr) < 1e-6
+    gy, gs = torch.randn_like(y), torch.randn_like(s)
+    ((y.float() * gy.float()).sum() + (s * gs).sum()).backward()
+    ((yr * gy.double()).sum() + (sr * gs.double()).sum()).backward()
+    for a, r in zip(x, xr):
+        assert torch.isfinite(a.grad).all() and rel(a.grad, r.grad) < tol
+
+
+def test_mamba_lm_training_step_gpu_matches_cpu():
+    mamba = pytest.importorskip("longseq.heads")
+    from longseq.mamba import MambaConfig
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    cfg = MambaConfig(d_model=64, n_layer=2, vocab_size=12)
+    cpu = mamba.MambaLM(cfg)
+    gpu = mamba.MambaLM(cfg).to(DEV)
+    gpu.load_state_dict(cpu.state_dict())
+    ids = torch.randint(0, 12, (2, 700))
+    losses, grads = [], []
+    for model, dev in ((cpu, "cpu"), (gpu, DEV)):
+        x = ids.to(dev)
+        logits = model(x[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1))
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.detach().cpu() for n, p in model.named_parameters() if p.grad is not None})
+    assert abs(losses[0] - losses[1]) / abs(losses[0]) < 1e-5, losses
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert rel(grads[1][n], grads[0][n]) < 1e-3, (n, rel(grads[1][n], grads[0][n]))

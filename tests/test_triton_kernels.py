@@ -1,0 +1,229 @@
+"""Every Triton kernel, forward and backward, against the float64 references (CPU interpreter).
+
+Runs only under TRITON_INTERPRET=1 (tests/conftest.py sets it when there is no CUDA device); on a
+GPU machine the same kernels are checked by tests/test_gpu_kernels.py instead. Sizes are small:
+the interpreter costs ~0.2 ms per tile operation.
+"""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from longseq.kernels import reference as R
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
+    reason="needs triton and TRITON_INTERPRET=1 (CPU interpreter)")
+
+
+def T():
+    from longseq.kernels import triton_ops
+    return triton_ops
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-30))
+
+
+def scan_inputs(batch, dim, seqlen, dstate, groups, gen):
+    r = lambda *s: torch.randn(*s, generator=gen)
+    bc = (batch, groups, dstate, seqlen) if groups else (batch, dstate, seqlen)
+    return dict(u=r(batch, dim, seqlen), delta=r(batch, dim, seqlen) * 0.5,
+                A=-(torch.rand(dim, dstate, generator=gen) * 4 + 0.1), B=r(*bc), C=r(*bc), D=r(dim),
+                z=r(batch, dim, seqlen), delta_bias=r(dim) * 0.3, initial_state=r(batch, dim, dstate))
+
+
+FULL = dict(D=True, z=True, delta_bias=True, softplus=True, initial_state=True, last=True)
+NONE = dict(D=False, z=False, delta_bias=False, softplus=False, initial_state=False, last=False)
+
+
+def run_scan(fn, t, flags):
+    y = fn(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"] if flags["D"] else None,
+           z=t["z"] if flags["z"] else None, delta_bias=t["delta_bias"] if flags["delta_bias"] else None,
+           delta_softplus=flags["softplus"], return_last_state=flags["last"],
+           initial_state=t["initial_state"] if flags["initial_state"] else None)
+    return y if isinstance(y, tuple) else (y,)
+
+
+@pytest.mark.parametrize("batch,dim,seqlen,dstate,groups,flags", [
+    (2, 1, 1, 3, None, FULL),
+    (2, 5, 17, 4, None, FULL),
+    (1, 40, 17, 16, 4, FULL),
+    (1, 5, 17, 5, None, NONE),
+    (1, 5, 65, 16, 5, FULL),          # crosses a 64-step chunk boundary by one step; per-group dim 1
+    (1, 5, 300, 16, None, FULL),
+    (1, 40, 300, 16, 2, dict(FULL, last=False)),
+], ids=["L1-d1", "L17-d5", "L17-d40-grouped", "L17-d5-plain", "L65-d5-grouped", "L300-d5", "L300-d40-grouped"])
+def test_selective_scan_matches_float64_reference(batch, dim, seqlen, dstate, groups, flags):
+    gen = torch.Generator().manual_seed(seqlen * 100 + dim)
+    t = scan_inputs(batch, dim, seqlen, dstate, groups, gen)
+    names = ["u", "delta", "A", "B", "C"] + [k for k in ("D", "z", "delta_bias", "initial_state") if flags[k]]
+    xs = {k: v.clone().requires_grad_(k in names) for k, v in t.items()}
+    xr = {k: v.double().requires_grad_(k in names) for k, v in t.items()}
+    out = run_scan(T().selective_scan, xs, flags)
+    ref = run_scan(R.selective_scan_ref, xr, flags)
+    assert out[0].dtype == torch.float32
+    for o, r in zip(out, ref):
+        assert o.shape == r.shape
+        assert rel(o, r) < 1e-5
+    grads = [torch.randn(o.shape, generator=gen) for o in out]
+    sum((o * g).sum() for o, g in zip(out, grads)).backward()
+    sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
+    for k in names:
+        assert xs[k].grad is not None, k
+        assert xs[k].grad.shape == t[k].shape, k
+        assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
+
+
+def test_selective_scan_deterministic_mode_matches_atomic(monkeypatch):
+    gen = torch.Generator().manual_seed(7)
+    t = scan_inputs(1, 40, 20, 16, 2, gen)
+    grads = []
+    for det in ("0", "1"):
+        monkeypatch.setenv("LONGSEQ_DETERMINISTIC", det)
+        xs = {k: v.clone().requires_grad_() for k, v in t.items()}
+        y = run_scan(T().selective_scan, xs, dict(FULL, last=False))[0]
+        y.square().sum().backward()
+        grads.append([xs[k].grad for k in ("B", "C", "u", "A")])
+    for a, b in zip(*grads):
+        assert rel(a, b) < 1e-6
+
+
+def test_selective_scan_in_two_pieces_equals_whole():
+    gen = torch.Generator().manual_seed(3)
+    t = scan_inputs(1, 5, 150, 8, None, gen)
+    f = T().selective_scan
+    kw = dict(D=t["D"], delta_bias=t["delta_bias"], delta_softplus=True, return_last_state=True)
+    y, last = f(t["u"], t["delta"], t["A"], t["B"], t["C"], z=t["z"], **kw)
+    cut = 70
+    sl = lambda x, a, b: x[..., a:b]
+    y1, h1 = f(*(sl(t[k], 0, cut) for k in ("u", "delta")), t["A"], sl(t["B"], 0, cut), sl(t["C"], 0, cut),
+               z=sl(t["z"], 0, cut), **kw)
+    y2, h2 = f(*(sl(t[k], cut, None) for k in ("u", "delta")), t["A"], sl(t["B"], cut, None), sl(t["C"], cut, None),
+               z=sl(t["z"], cut, None), initial_state=h1, **kw)
+    assert rel(torch.cat([y1, y2], -1), y) < 1e-6
+    assert rel(h2, last) < 1e-6
+
+
+def test_selective_scan_bad_shape_raises_value_error():
+    gen = torch.Generator().manual_seed(0)
+    t = scan_inputs(1, 4, 8, 4, None, gen)
+    with pytest.raises(ValueError, match="'B'"):
+        T().selective_scan(t["u"], t["delta"], t["A"], t["B"][:, :3], t["C"])
+
+
+@pytest.mark.parametrize("batch,dim,seqlen,width", [(2, 1, 1, 4), (2, 5, 17, 4), (1, 40, 300, 4), (1, 5, 2, 3)])
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("with_init", [False, True])
+def test_causal_conv1d_matches_reference(batch, dim, seqlen, width, activation, with_init):
+    gen = torch.Generator().manual_seed(seqlen + dim)
+    ts = [torch.randn(batch, dim, seqlen, generator=gen), torch.randn(dim, width, generator=gen),
+          torch.randn(dim, generator=gen), torch.randn(batch, dim, width - 1, generator=gen)]
+    x = [v.clone().requires_grad_() for v in ts]
+    xr = [v.double().requires_grad_() for v in ts]
+    y, f = T().causal_conv1d(x[0], x[1], x[2], activation, x[3] if with_init else None, True)
+    yr, fr = R.causal_conv1d_ref(xr[0], xr[1], xr[2], activation, xr[3] if with_init else None, True)
+    assert rel(y, yr) < 1e-5 and torch.equal(f.double(), fr)
+    gy, gf = torch.randn(y.shape, generator=gen), torch.randn(f.shape, generator=gen)
+    ((y * gy).sum() + (f * gf).sum()).backward()
+    ((yr * gy.double()).sum() + (fr * gf.double()).sum()).backward()
+    for a, b in zip(x[:3] + (x[3:] if with_init else []), xr[:3] + (xr[3:] if with_init else [])):
+        assert rel(a.grad, b.grad) < 1e-5
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("dim", [1, 5, 40])
+def test_selective_state_update_matches_reference(grouped, dim):
+    gen = torch.Generator().manual_seed(dim)
+    batch, n = 3, 16
+    groups = 5 if (grouped and dim % 5 == 0) else 1
+    r = lambda *s: torch.randn(*s, generator=gen)
+    st, x, dt, z = r(batch, dim, n), r(batch, dim), r(batch, dim), r(batch, dim)
+    A = -torch.rand(dim, n, generator=gen) * 4
+    B = r(batch, groups, n) if grouped else r(batch, n)
+    C = r(*B.shape)
+    D, bias = r(dim), r(dim)
+    s1, s2 = st.clone(), st.double()
+    y = T().selective_state_update(s1, x, dt, A, B, C, D, z, bias, True)
+    yr = R.selective_state_update_ref(s2, x.double(), dt.double(), A.double(), B.double(), C.double(),
+                                      D.double(), z.double(), bias.double(), True)
+    assert rel(y, yr) < 1e-5 and rel(s1, s2) < 1e-5
+    # one step equals the scan over a length-1 sequence
+    s3 = st.clone()
+    y3 = T().selective_state_update(s3, x, dt, A, B, C)
+    Bs = B.unsqueeze(-1)
+    ys, last = R.selective_scan_ref(x.unsqueeze(-1).double(), dt.unsqueeze(-1).double(), A.double(), Bs.double(),
+                                    C.unsqueeze(-1).double(), return_last_state=True, initial_state=st.double())
+    assert rel(y3, ys.squeeze(-1)) < 1e-5 and rel(s3, last) < 1e-5
+
+
+@pytest.mark.parametrize("shape,with_res,prenorm,res_fp32", [
+    ((2, 3, 10), True, True, True), ((7, 33), False, False, False), ((5, 64), True, False, False),
+    ((4, 16), False, True, False), ((1, 1, 40), True, True, False)])
+def test_rms_norm_matches_reference(shape, with_res, prenorm, res_fp32):
+    gen = torch.Generator().manual_seed(shape[-1])
+    ts = [torch.randn(shape, generator=gen), torch.randn(shape[-1], generator=gen), torch.randn(shape, generator=gen)]
+    x = [v.clone().requires_grad_() for v in ts]
+    xr = [v.double().requires_grad_() for v in ts]
+    o = T().rms_norm(x[0], x[1], x[2] if with_res else None, 1e-5, prenorm, res_fp32)
+    orf = R.rms_norm_ref(xr[0], xr[1], xr[2] if with_res else None, 1e-5, prenorm, res_fp32)
+    o, orf = (o, orf) if prenorm else ((o,), (orf,))
+    for a, b in zip(o, orf):
+        assert a.shape == b.shape and rel(a, b) < 1e-5
+    if prenorm:
+        assert o[1].dtype == (torch.float32 if res_fp32 else x[0].dtype)
+    gs = [torch.randn(a.shape, generator=gen) for a in o]
+    sum((a * g).sum() for a, g in zip(o, gs)).backward()
+    sum((a * g.double()).sum() for a, g in zip(orf, gs)).backward()
+    n = 3 if with_res else 2
+    for a, b in zip(x[:n], xr[:n]):
+        assert rel(a.grad, b.grad) < 1e-5
+
+
+def test_dispatch_routes_to_triton_under_interpreter():
+    from longseq.kernels import selective_scan
+    gen = torch.Generator().manual_seed(1)
+    t = scan_inputs(1, 3, 9, 4, None, gen)
+    y_t = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], backend="triton")
+    y_r = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], backend="reference")
+    assert rel(y_t, y_r) < 1e-5
+
+
+@pytest.mark.parametrize("fwd_variant,bwd_variant", [("cm", "cm"), ("tm", "tm")])
+def test_selective_scan_kernel_variants(monkeypatch, fwd_variant, bwd_variant):
+    """Both tile layouts of the forward and backward kernels (the GPU tuner may pick either)."""
+    monkeypatch.setenv("LONGSEQ_SCAN_FWD_VARIANT", fwd_variant)
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_VARIANT", bwd_variant)
+    gen = torch.Generator().manual_seed(11)
+    t = scan_inputs(2, 5, 70, 16, None, gen)
+    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
+    xs = {k: v.clone().requires_grad_() for k, v in t.items()}
+    xr = {k: v.double().requires_grad_() for k, v in t.items()}
+    out = run_scan(T().selective_scan, xs, FULL)
+    ref = run_scan(R.selective_scan_ref, xr, FULL)
+    for o, r in zip(out, ref):
+        assert rel(o, r) < 1e-5
+    grads = [torch.randn(o.shape, generator=gen) for o in out]
+    sum((o * g).sum() for o, g in zip(out, grads)).backward()
+    sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
+    for k in names:
+        assert rel(xs[k].grad, xr[k].grad) < 1e-4, k
+
+
+@pytest.mark.parametrize("bwd_cfg", ["cm:4:64:4", "tm:4:64:4"])
+def test_selective_scan_backward_chunk_longer_than_saved_chunk(monkeypatch, bwd_cfg):
+    """Backward chunks of 64 steps reading every second state saved by a 32-step forward."""
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", bwd_cfg)
+    gen = torch.Generator().manual_seed(12)
+    t = scan_inputs(1, 5, 150, 16, None, gen)
+    xs = {k: v.clone().requires_grad_() for k, v in t.items()}
+    xr = {k: v.double().requires_grad_() for k, v in t.items()}
+    out = run_scan(T().selective_scan, xs, FULL)
+    ref = run_scan(R.selective_scan_ref, xr, FULL)
+    grads = [torch.randn(o.shape, generator=gen) for o in out]
+    sum((o * g).sum() for o, g in zip(out, grads)).backward()
+    sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
+    for k in xs:
+        assert rel(xs[k].grad, xr[k].grad) < 1e-4, k
