@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from ..tokenizers import MuLawTokenizer
 from ._audio_io import (AUDIO_EXTENSIONS, AudioFileError, AudioInfo, WindowReader,
                         default_cache_dir, ensure_resampled, probe)
-from .sharding import shard_context, shard_seed, split_range
+from .sharding import rank_and_world, shard_context, shard_seed, split_range
 
 __all__ = ["WaveformDataModule", "WaveformWindows", "AudioFileError", "bundled_audio",
            "resolve_audio_files", "split_files"]
@@ -242,6 +242,7 @@ class WaveformWindows(IterableDataset):
         self.tokenizer, self.mode, self.short, self.normalize = tokenizer, mode, short, normalize
         self.seed, self.epoch, self.num_workers = seed, epoch, num_workers
         self.return_positions = return_positions
+        self.rank_world = rank_and_world()  # for spawned workers, which do not inherit the process group
         need = self.seq_len + 1
         # all sources stay (file_index keeps meaning the split's file list); dropped ones get no windows
         self.sources = list(sources)
@@ -321,9 +322,7 @@ class WaveformWindows(IterableDataset):
 
     def __len__(self) -> int:
         """Batches this rank will yield over all its workers."""
-        rank, world = ((torch.distributed.get_rank(), torch.distributed.get_world_size())
-                       if torch.distributed.is_available() and torch.distributed.is_initialized()
-                       else (0, 1))
+        rank, world = rank_and_world()
         w = max(1, self.num_workers)
         return sum(self._batch_count(rank * w + k, world * w) for k in range(w))
 
