@@ -59,7 +59,7 @@ def _series(rows, key):
     return [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
 
 
-def _smooth(points, k: int = 9):
+def _smooth(points, k: int = 3):
     out = []
     for i in range(len(points)):
         window = points[max(0, i - k + 1): i + 1]
