@@ -7,7 +7,22 @@ CPU tensors stays the pure-PyTorch one unless a call asks for backend="triton".
 """
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one intra-op torch thread, then restore the setting.
+
+    For modules whose work is many small ops (token-by-token decoding, dataloader-worker code):
+    a second OpenMP thread only adds synchronisation, and on a busy 2-core machine it makes such
+    ops 10-400x slower. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

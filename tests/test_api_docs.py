@@ -8,14 +8,7 @@ import torch
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Token-by-token work on tiny models: a second intra-op thread only adds synchronisation
-    (and on a busy 2-core machine it costs 10-40x); restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_docs_api_examples_run(tmp_path, monkeypatch):

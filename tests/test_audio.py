@@ -20,14 +20,7 @@ PIANO = str(ASSETS["piano"])
 SPEAKER = r"^(.*)_[a-z]+\."  # <speaker>_<digit>.flac
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The loader's work runs in dataloader workers with one torch thread; do the same here
-    (on a busy 2-core machine OpenMP's pool makes small elementwise ops far slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def piano(start_s: float, seconds: float) -> np.ndarray:

@@ -12,14 +12,7 @@ from longseq.datamodules.audio import bundled_audio
 from longseq.tokenizers import MuLawTokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Elementwise ops on <= 1e6 samples, as a dataloader worker runs them (one thread): on a
-    busy 2-core machine OpenMP's thread pool makes them 100x slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def compand(x, mu):

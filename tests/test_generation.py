@@ -13,14 +13,7 @@ from longseq.generation import SamplingParams, generate, gumbel_, naive_generate
 ECOLI = Path(longseq.__file__).parent / "assets" / "dna" / "species" / "Escherichia_coli" / "K12_MG1655.fa.gz"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Token-by-token work on tiny models: a second intra-op thread only adds synchronisation
-    (and on a busy 2-core machine it costs 10-40x); restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
