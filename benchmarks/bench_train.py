@@ -121,16 +121,17 @@ def run_length(kind: str, L: int, batch: int, genome: torch.Tensor, args, device
             dt = time.perf_counter() - t0
             if step >= args.warmup:
                 times.append(dt)
-            if dt > args.max_step_seconds and step + 1 < args.warmup + args.steps:
-                times.append(dt)
-                break
+                if dt > args.max_step_seconds:   # slow enough that one timed step is the answer
+                    break
         med = statistics.median(times)
-        row.update(status="ok", step_s=med, tokens_per_s=batch * L / med, loss=float(loss),
+        row.update(status="ok", step_s=med, tokens_per_s=batch * L / med, loss=float(loss.detach()),
                    params=sum(p.numel() for p in model.parameters()))
         if device.type == "cuda":
             row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     except torch.cuda.OutOfMemoryError:
         row.update(status="out of memory")
+    except Exception as e:  # a failing kernel must not lose the other rows; the row says what broke
+        row.update(status=f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
     finally:
         del model
         if device.type == "cuda":
@@ -170,12 +171,14 @@ def main(argv=None):
                           "(attention is quadratic in length)" if math.isfinite(projected) else
                           "not run: a shorter length did not fit")
                 rows.append({"model": kind, "seq_len": L, "batch": batch, "status": status})
+                save(rows, args, name, backend, device)
                 print(f"{kind:12s} L={L:>8d}  {status}", flush=True)
                 if i + 1 < len(lengths):
                     projected *= (lengths[i + 1] / L) ** 2 * batch_of[lengths[i + 1]] / batch
                 continue
             row = run_length(kind, L, batch, genome, args, device)
             rows.append(row)
+            save(rows, args, name, backend, device)
             if row["status"] == "ok":
                 if i + 1 < len(lengths):
                     projected = row["step_s"] * (lengths[i + 1] / L) ** 2 * batch_of[lengths[i + 1]] / batch
@@ -185,6 +188,15 @@ def main(argv=None):
             else:
                 print(f"{kind:12s} L={L:>8d}  {row['status']}", flush=True)
                 projected = float("inf")
+    result = save(rows, args, name, backend, device)
+    out = Path(args.out or ROOT / "docs" / "benchmarks" / f"train_{device.type}.json")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return result
+
+
+def save(rows, args, name, backend, device) -> dict:
+    """Write JSON and Markdown (through temporary files); called after every row, so a run cut
+    short still leaves the rows it measured."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -198,22 +210,23 @@ def main(argv=None):
               "rows": rows}
     out = Path(args.out or ROOT / "docs" / "benchmarks" / f"train_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
     md = [f"# Training step: Mamba vs Transformer ({name}, {result['precision']})", "",
           f"d_model {args.d_model}, n_layer {args.n_layer}, d_state {args.d_state}; scan backend `{backend}`; "
-          f"torch {torch.__version__}; {result['date_utc']} UTC; median of {args.steps} steps after {args.warmup}.", "",
+          f"torch {torch.__version__}; {result['date_utc']} UTC; median of {args.steps} steps after {args.warmup}; "
+          "one training step = forward, loss, backward, AdamW.", "",
           "| model | seq_len | batch | step (ms) | tokens/s | peak memory (GiB) | note |",
           "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if r["status"] == "ok":
+            mem = f"{r['peak_mem_gib']:.2f}" if "peak_mem_gib" in r else "-"
             md.append(f"| {r['model']} | {r['seq_len']:,} | {r['batch']} | {r['step_s'] * 1e3:.1f} | "
-                      f"{r['tokens_per_s']:,.0f} | {r.get('peak_mem_gib', float('nan')):.2f} | |")
+                      f"{r['tokens_per_s']:,.0f} | {mem} | |")
         else:
             md.append(f"| {r['model']} | {r['seq_len']:,} | {r['batch']} | | | | {r['status']} |")
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    for path, text in ((out, json.dumps(result, indent=2) + "\n"), (out.with_suffix(".md"), "\n".join(md) + "\n")):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     return result
 
 
