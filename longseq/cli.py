@@ -25,6 +25,7 @@ Defaults added here (each can be overridden in the config):
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -88,6 +89,13 @@ class LongseqCLI(LightningCLI):
 def run_cli(args: list[str] | None, run: bool = True) -> LongseqCLI:
     """Build (and by default run) the Lightning CLI on ``args`` (without the program name;
     None = ``sys.argv[1:]``)."""
+    with warnings.catch_warnings():
+        # LightningCLI warns when args are given while sys.argv holds other words (the demo, tests)
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return _make_cli(args, run)
+
+
+def _make_cli(args, run):
     return LongseqCLI(
         LongseqTask, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         trainer_defaults={"precision": default_precision(), "gradient_clip_val": 1.0,

@@ -187,17 +187,17 @@ def test_audio_demo_trains_and_writes_generated_wavs(tmp_path):
                    "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "1",
                    "--trainer.max_steps", "24", "--trainer.val_check_interval", "8",
                    "--model.init_args.lr", "0.01", "--model.init_args.warmup_steps", "3",
-                   "--model.init_args.gen_seconds", "0.01", "--model.init_args.gen_prompt", "64",
+                   "--model.init_args.gen_seconds", "0.005", "--model.init_args.gen_prompt", "32",
                    "--data.init_args.files", str(ROOT / "longseq/assets/audio/piano_16k/bwv846.flac"),
-                   "--data.init_args.seq_len", "256", "--data.init_args.windows_per_epoch", "96",
-                   "--trainer.limit_val_batches", "8"])
+                   "--data.init_args.seq_len", "128", "--data.init_args.batch_size", "4",
+                   "--data.init_args.windows_per_epoch", "96", "--trainer.limit_val_batches", "4"])
     bits = series(read_metrics(root), "val/bits_per_sample")
     assert len(bits) == 3
-    assert bits[-1][1] < bits[0][1] and bits[-1][1] < 7.0, bits
+    assert bits[-1][1] < bits[0][1] and bits[-1][1] < 7.0, bits     # 8 bits = a uniform guess
     wavs = sorted((root / "csv").glob("version_*/samples/*.wav"))
     assert len(wavs) == 3 * 2
     data, rate = sf.read(wavs[-1])
-    assert rate == 16000 and len(data) == 64 + 160
+    assert rate == 16000 and len(data) == 32 + 80
     assert cli.model.metadata["sample_rate"] == 16000
     assert cli.model.metadata["tokenizer"] == {"type": "MuLawTokenizer",
                                                "kwargs": {"bits": 8, "mu": 255.0, "quantization": "mu-law"}}
