@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     quick = args.quick
 
     import longseq
-    from .datamodules import SpeciesDataModule
+    from .datamodules import SequenceLengthWarmup, SpeciesDataModule
     from .datamodules.genome import bundled_genome
 
     print(f"longseq {longseq.__version__} demo: outputs under {out.resolve()}\n", flush=True)
@@ -168,6 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
                      '[{"seq_len": 128, "batch_size": 4, "epochs": 1}]}}]']
     dna = _fit(_config("dna_nextbase_demo.yaml"), out / "dna", dna_extra)
     best = dna.trainer.checkpoint_callback.best_model_path or None
+    # test at the final window length whatever epoch a time cap stopped training in, so that the
+    # held-out set is the same windows on every machine
+    warmup = [c for c in dna.trainer.callbacks if isinstance(c, SequenceLengthWarmup)]
+    if warmup:
+        dna.datamodule.set_stage(**{k: warmup[0].stages[-1][k] for k in ("seq_len", "batch_size")})
     test = dna.trainer.test(dna.model, datamodule=dna.datamodule, ckpt_path=best, verbose=False)[0]
     dna_bits = float(test["test/bits_per_base"])
     print(f"      held-out test region: {dna_bits:.4f} bits per base over {int(test['test/bases'])} bases "
