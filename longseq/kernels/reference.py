@@ -17,7 +17,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from .checks import check_selective_scan_args, check_tensor
 
@@ -91,31 +90,76 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 _EXP_LIMIT = 600.0
 
 
-def _scan_chunk(h, dt, dtu, A, Bc, Cc, limit: float):
-    """Scan one chunk.
+def _reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1).cumsum(-1).flip(-1)
+
+
+def _chunk_states(h, dt, dtu, A, Bc):
+    """States of one chunk, (b, g, p, n, T), and S = A * cumsum(delta) (same shape).
+
+    With S_t = A * cumsum(delta)_t the recurrence solves to
+        h_t = exp(S_t) * (h_0 + sum_{s<=t} exp(-S_s) * delta_s * B_s * u_s),
+    two cumulative sums instead of T sequential steps (the caller keeps |S| below _EXP_LIMIT).
+    """
+    S = torch.cumsum(dt, dim=-1).mul(A)
+    if dt.shape[-1] == 1:  # one step: no exp(-S), which may overflow where exp(S) underflows
+        return torch.exp(S).mul_(h).add_(dtu * Bc), S
+    x = torch.exp(S.neg()).mul_(dtu).mul_(Bc)
+    return torch.cumsum(x, dim=-1).add_(h).mul_(torch.exp(S)), S
+
+
+class _ChunkScan(torch.autograd.Function):
+    """One chunk of the scan with a hand-written backward.
 
     Shapes (grouped layout): h (b, g, p, n, 1); dt, dtu (b, g, p, 1, T); A (g, p, n, 1);
-    Bc, Cc (b, g, 1, n, T). Returns (y (b, g, p, T), h_last (b, g, p, n, 1)).
-
-    Within a chunk, with S_t = A * cumsum(delta)_t, the recurrence solves to
-        h_t = exp(S_t) * (h_0 + sum_{s<=t} exp(-S_s) * delta_s * B_s * u_s),
-    two cumulative sums instead of T sequential steps. exp(-S) grows along the chunk, so a chunk
-    whose |S| could exceed ``limit`` is split in two and the halves are scanned in order.
+    Bc, Cc (b, g, 1, n, T). Returns y (b, g, p, T) and the last state (b, g, p, n, 1).
+    Backward keeps only the inputs (views of the full tensors) and recomputes the chunk's states,
+    so a whole sequence costs O(batch*dim*seqlen) memory. With G_t = dL/dh_t (from y and the
+    last state), R_t = sum_{s>=t} exp(S_s) G_s and lam_t = exp(-S_t) R_t (= dL/d(delta_t B_t u_t)):
+    dh_0 = R_0, dS_t = G_t h_t - lam_t delta_t B_t u_t, then the chain rule through S = A*cumsum(delta).
     """
+
+    @staticmethod
+    def forward(ctx, h, dt, dtu, A, Bc, Cc):
+        ctx.save_for_backward(h, dt, dtu, A, Bc, Cc)
+        hs, _ = _chunk_states(h, dt, dtu, A, Bc)
+        return (hs * Cc).sum(dim=-2), hs[..., -1:].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, gh_last):
+        h, dt, dtu, A, Bc, Cc = ctx.saved_tensors
+        hs, S = _chunk_states(h, dt, dtu, A, Bc)
+        G = gy.unsqueeze(-2) * Cc
+        G[..., -1:] += gh_last
+        if dt.shape[-1] == 1:
+            R = torch.exp(S).mul_(G)
+            lam = G
+        else:
+            E = torch.exp(S)
+            R = _reverse_cumsum(E * G)
+            lam = R / E
+        b = dtu * Bc
+        dS = G * hs - lam * b
+        d_h = R[..., :1]
+        d_dtu = (lam * Bc).sum(dim=-2, keepdim=True)
+        d_B = (lam * dtu).sum(dim=2, keepdim=True)
+        d_C = (gy.unsqueeze(-2) * hs).sum(dim=2, keepdim=True)
+        d_A = (dS * torch.cumsum(dt, dim=-1)).sum(dim=(0, -1)).unsqueeze(-1)
+        d_dt = _reverse_cumsum((dS * A).sum(dim=-2, keepdim=True))
+        return d_h, d_dt, d_dtu, d_A, d_B, d_C
+
+
+def _scan_chunk(h, dt, dtu, A, Bc, Cc, limit: float):
+    """Scan one chunk (shapes as in _ChunkScan). exp(-S) grows along the chunk, so a chunk whose
+    |S| could exceed ``limit`` is split in two and the halves are scanned in order."""
     T = dt.shape[-1]
-    if T == 1:
-        hs = torch.exp(dt * A) * h + dtu * Bc
-    else:
-        cum = torch.cumsum(dt, dim=-1)
-        if float(cum.detach().abs().amax()) * float(A.detach().abs().amax()) > limit:
-            half = T // 2
-            y0, h = _scan_chunk(h, dt[..., :half], dtu[..., :half], A, Bc[..., :half], Cc[..., :half], limit)
-            y1, h = _scan_chunk(h, dt[..., half:], dtu[..., half:], A, Bc[..., half:], Cc[..., half:], limit)
-            return torch.cat([y0, y1], dim=-1), h
-        S = cum * A
-        hs = torch.cumsum(torch.exp(-S) * dtu * Bc, dim=-1).add(h).mul(torch.exp(S))
-    y = (hs * Cc).sum(dim=-2)
-    return y, hs[..., -1:]
+    if T > 1 and float(dt.detach().abs().sum(-1).amax()) * float(A.detach().abs().amax()) > limit:
+        half = T // 2
+        y0, h = _scan_chunk(h, dt[..., :half], dtu[..., :half], A, Bc[..., :half], Cc[..., :half], limit)
+        y1, h = _scan_chunk(h, dt[..., half:], dtu[..., half:], A, Bc[..., half:], Cc[..., half:], limit)
+        return torch.cat([y0, y1], dim=-1), h
+    return _ChunkScan.apply(h, dt, dtu, A, Bc, Cc)
 
 
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -123,9 +167,9 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     """Fast pure-PyTorch selective scan (the CPU default), ``chunk_size`` steps per Python step.
 
     Computes in float64 whatever the input dtype: the closed form within a chunk sums terms of
-    very different sizes, and float64 keeps its error far below float32 rounding. Under autograd each chunk is
-    checkpointed: only chunk inputs and boundary states are kept, and the chunk is recomputed in
-    backward, so memory stays O(batch*dim*seqlen) plus one chunk's (batch, dim, dstate, chunk).
+    very different sizes, and float64 keeps its error far below float32 rounding. Each chunk's
+    backward is written out and recomputes the chunk's states, so only chunk inputs and boundary
+    states are kept: memory stays O(batch*dim*seqlen) plus one chunk's (batch, dim, dstate, chunk).
     """
     batch, dim, seqlen, dstate, groups = check_selective_scan_args(
         u, delta, A, B, C, D, z, delta_bias, initial_state, fn="selective_scan")
@@ -141,13 +185,10 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
         h = u.new_zeros(batch, groups, per, dstate, 1, dtype=cdt)
     else:
         h = initial_state.to(cdt).reshape(batch, groups, per, dstate, 1)
-    use_ckpt = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, initial_state))
     ys = []
     for s in range(0, seqlen, chunk_size):
         sl = slice(s, s + chunk_size)
-        args = (h, dt[..., sl], dtu[..., sl], Ag, Bg[..., sl], Cg[..., sl], limit)
-        y, h = checkpoint(_scan_chunk, *args, use_reentrant=False) if use_ckpt else _scan_chunk(*args)
+        y, h = _scan_chunk(h, dt[..., sl], dtu[..., sl], Ag, Bg[..., sl], Cg[..., sl], limit)
         ys.append(y)
     y = torch.cat(ys, dim=-1).reshape(batch, dim, seqlen)
     y = _finish(y, u, D, z).to(u.dtype)
