@@ -17,7 +17,6 @@ import math
 import os
 import pathlib
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ._atomic import atomic_path
 from . import generation
 from .heads import _ARCHITECTURES, MambaClassifier, MambaLM, load_pretrained
 from .mamba import MambaConfig
@@ -195,15 +195,8 @@ def _looks_like_path(x) -> bool:
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` and rename the file into place, so a crash leaves nothing half-written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write(str(tmp))
     return path
 
 

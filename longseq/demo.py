@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from ._atomic import atomic_path
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -104,25 +103,17 @@ def plot_curves(dna_rows, species_rows, path: Path) -> Path:
     b.set_title("7-species classifier, fine-tuned from the DNA model")
     b.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
 def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return path
 
 

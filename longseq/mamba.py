@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .kernels import causal_conv1d, rms_norm, selective_scan, selective_state_update
 

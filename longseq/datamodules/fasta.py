@@ -25,13 +25,14 @@ import gzip
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pyfaidx
 from tqdm.auto import tqdm
+
+from .._atomic import atomic_path
 
 # A C G T, U (RNA), the IUPAC ambiguity codes and N, in either case (what NucleotideTokenizer accepts).
 _VALID = b"ACGTURYSWKMBDHVNacgturyswkmbdhvn"
@@ -52,20 +53,6 @@ def cache_root() -> Path:
 def _file_key(path: Path) -> str:
     st = path.stat()
     return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path):
-    """Yield a temporary path next to ``final``; rename it to ``final`` only if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _compression(path: Path) -> str:

@@ -13,7 +13,6 @@ paid once per chunk; see its docstring for the algebra and how it stays finite.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

@@ -1,14 +1,13 @@
 """SpeciesClassificationTask: which species does a DNA window come from?"""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from .._atomic import atomic_path
 from ..heads import MambaClassifier
 from ..mamba import MambaConfig
 from ..tokenizers import NucleotideTokenizer
@@ -54,16 +53,11 @@ def plot_confusion(cm: torch.Tensor, class_names: list[str], path, title: str = 
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torchmetrics import SumMetric
 
+from .._atomic import atomic_path
 from ..heads import MambaLM
 from ..tokenizers import MuLawTokenizer
 from .base import LongseqTask, tokenizer_spec
@@ -25,15 +24,8 @@ def write_wav(path, wave: torch.Tensor, sample_rate: int) -> Path:
     import soundfile as sf
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".wav", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, wave.detach().float().clamp(-1, 1).cpu().numpy(), sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
