@@ -47,7 +47,6 @@ def once(fn):
 
 
 def copy_bandwidth():
-    x = torch.empty(1 << 30, device=DEV, dtype=torch.uint8).random_(0, 255)  # 1 GiB... x4 below
     x = torch.empty(4 << 30, device=DEV, dtype=torch.uint8)
     x.fill_(3)
     y = torch.empty_like(x)
