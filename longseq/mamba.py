@@ -115,6 +115,7 @@ class Mamba(nn.Module):
         A = torch.arange(1, c.d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
         self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(self.d_inner))
+        self._A_cache: tuple | None = None
         self._init_dt(c)
 
     def _init_dt(self, c: MambaConfig) -> None:
@@ -126,6 +127,21 @@ class Mamba(nn.Module):
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         self.dt_proj.bias._no_reinit = True
+
+    def _A_for_decoding(self) -> torch.Tensor:
+        """-exp(A_log) for the recurrent step, recomputed only when A_log changes.
+
+        A decoding step at batch 1 is a few dozen tiny kernels and their number sets its time, so
+        the two kernels of -exp(A_log) are not launched per token. The key holds A_log's version
+        counter (it moves with every in-place update, e.g. an optimiser step) and storage. With
+        gradients enabled A is computed afresh, so training through ``step`` still reaches A_log.
+        """
+        if torch.is_grad_enabled():
+            return -torch.exp(self.A_log.float())
+        key = (self.A_log._version, self.A_log.data_ptr(), self.A_log.device)
+        if self._A_cache is None or self._A_cache[0] != key:
+            self._A_cache = (key, -torch.exp(self.A_log.detach().float()))
+        return self._A_cache[1]
 
     def _ssm_inputs(self, x: torch.Tensor):
         """x: (batch, d_inner, L) after conv -> delta (batch, d_inner, L), B, C (batch, d_state, L)."""
@@ -174,8 +190,7 @@ class Mamba(nn.Module):
         cache.conv_state.copy_(conv_final)
         x = x.squeeze(-1)
         delta, B, C = self._ssm_inputs(x.unsqueeze(-1))
-        A = -torch.exp(self.A_log.float())
-        y = selective_state_update(cache.ssm_state, x, delta.squeeze(-1), A, B.squeeze(-1), C.squeeze(-1),
+        y = selective_state_update(cache.ssm_state, x, delta.squeeze(-1), self._A_for_decoding(), B.squeeze(-1), C.squeeze(-1),
                                    self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
         return self.out_proj(y)
 

@@ -179,3 +179,20 @@ def test_training_on_bundled_genome_lowers_held_out_loss():
     after = held_loss()
     assert after < before - 0.3, (before, after)
     assert after / math.log(2) < 2.05  # near or below 2 bits per base on held-out E. coli
+
+
+def test_step_follows_weight_updates():
+    # The decoding step caches -exp(A_log); an in-place update of A_log must be seen at once.
+    torch.manual_seed(7)
+    model = MambaLM(tiny()).eval()
+    ids = torch.randint(0, 8, (2, 12))
+    with torch.no_grad():
+        cache = model.allocate_inference_cache(2)
+        for t in range(12):
+            model.step(ids[:, t], cache)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        full = model(ids)
+        cache = model.allocate_inference_cache(2)
+        stepped = torch.stack([model.step(ids[:, t], cache) for t in range(12)], dim=1)
+    assert (stepped - full).abs().max().item() < 1e-4
