@@ -11,7 +11,7 @@ from ..heads import MambaLM
 from ..tokenizers import NucleotideTokenizer
 from .base import LongseqTask, tokenizer_spec
 
-__all__ = ["NextBaseTask", "lm_loss"]
+__all__ = ["NextBaseTask", "lm_loss", "window_bits"]
 
 LN2 = math.log(2.0)
 
@@ -28,6 +28,18 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, t
     count = scored.sum()
     correct = ((flat.argmax(-1) == target) & scored).sum()
     return total / count.clamp(min=1), total, count, correct
+
+
+def window_bits(model, batch: dict, key: str) -> dict:
+    """Mean bits per scored token of each window: ``{key: (B,)}``, plus ``window_id`` when the
+    batch has it (what the language-model tasks' ``predict`` returns)."""
+    logits = model(batch["input_ids"]).float()
+    labels = batch["labels"]
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    out = {key: nll.sum(1) / (labels != -100).sum(1).clamp(min=1) / LN2}
+    if "window_id" in batch:
+        out["window_id"] = batch["window_id"]
+    return out
 
 
 class NextBaseTask(LongseqTask):
@@ -110,12 +122,5 @@ class NextBaseTask(LongseqTask):
         self._eval_end("test")
 
     def predict_step(self, batch, batch_idx):
-        """Per-window bits per base: ``{"window_id": (B,), "bits_per_base": (B,)}``."""
-        logits = self.model(batch["input_ids"]).float()
-        labels = batch["labels"]
-        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-        bits = nll.sum(1) / (labels != -100).sum(1).clamp(min=1) / LN2
-        out = {"bits_per_base": bits}
-        if "window_id" in batch:
-            out["window_id"] = batch["window_id"]
-        return out
+        """Per-window bits per base: ``{"bits_per_base": (B,)}`` (+ ``window_id`` when present)."""
+        return window_bits(self.model, batch, "bits_per_base")

@@ -5,14 +5,13 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torchmetrics import SumMetric
 
 from .._atomic import atomic_path
 from ..heads import MambaLM
 from ..tokenizers import MuLawTokenizer
 from .base import LongseqTask, tokenizer_spec
-from .next_base import lm_loss
+from .next_base import lm_loss, window_bits
 
 __all__ = ["WaveformGenerationTask", "write_wav"]
 
@@ -152,10 +151,4 @@ class WaveformGenerationTask(LongseqTask):
 
     def predict_step(self, batch, batch_idx):
         """Per-window bits per sample: ``{"bits_per_sample": (B,)}`` (+ ``window_id`` when present)."""
-        logits = self.model(batch["input_ids"]).float()
-        labels = batch["labels"]
-        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-        out = {"bits_per_sample": nll.sum(1) / (labels != -100).sum(1).clamp(min=1) / LN2}
-        if "window_id" in batch:
-            out["window_id"] = batch["window_id"]
-        return out
+        return window_bits(self.model, batch, "bits_per_sample")
