@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ._atomic import atomic_path
+from ._atomic import atomic_path, save_figure
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -103,12 +103,7 @@ def plot_curves(dna_rows, species_rows, path: Path) -> Path:
     b.set_title("7-species classifier, fine-tuned from the DNA model")
     b.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _write_text(path: Path, text: str) -> Path:

@@ -126,12 +126,12 @@ class WindowReader:
             self._handles.popitem(last=False)[1].close()
         return f
 
-    def read(self, path: str, start: int, n: int, channel: int | None = None) -> np.ndarray:
-        """Mono float32 samples ``[start, start + n)``; the caller keeps ``start + n <= frames``."""
+    def _read_frames(self, path: str, start: int, n: int, dtype: str, always_2d: bool) -> np.ndarray:
+        """Frames ``[start, start + n)`` as soundfile gives them; a failed or short read names the file."""
         f = self._handle(path)
         try:
             f.seek(start)
-            block = f.read(n, dtype="float32", always_2d=True)
+            block = f.read(n, dtype=dtype, always_2d=always_2d)
         except (sf.LibsndfileError, RuntimeError) as e:
             self._handles.pop(path, None)
             raise AudioFileError(f"{path}: read failed at frame {start} ({e}); the file may be "
@@ -140,6 +140,11 @@ class WindowReader:
             raise AudioFileError(
                 f"{path}: truncated or corrupt: the header says {f.frames} frames, but reading "
                 f"{n} frames from frame {start} returned only {block.shape[0]}")
+        return block
+
+    def read(self, path: str, start: int, n: int, channel: int | None = None) -> np.ndarray:
+        """Mono float32 samples ``[start, start + n)``; the caller keeps ``start + n <= frames``."""
+        block = self._read_frames(path, start, n, "float32", always_2d=True)
         x = to_mono(block, channel, path)
         check_finite(x, path, start)
         return x
@@ -149,19 +154,7 @@ class WindowReader:
 
         soundfile's float read of 16-bit PCM is exactly ``int16 / 32768``, so the loader can
         quantise these through a 65536-entry table built with the tokenizer itself."""
-        f = self._handle(path)
-        try:
-            f.seek(start)
-            x = f.read(n, dtype="int16", always_2d=False)
-        except (sf.LibsndfileError, RuntimeError) as e:
-            self._handles.pop(path, None)
-            raise AudioFileError(f"{path}: read failed at frame {start} ({e}); the file may be "
-                                 "truncated or corrupt") from None
-        if x.shape[0] != n:
-            raise AudioFileError(
-                f"{path}: truncated or corrupt: the header says {f.frames} frames, but reading "
-                f"{n} frames from frame {start} returned only {x.shape[0]}")
-        return x
+        return self._read_frames(path, start, n, "int16", always_2d=False)
 
     def close(self) -> None:
         for f in self._handles.values():

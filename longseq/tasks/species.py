@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from .._atomic import atomic_path
+from .._atomic import save_figure
 from ..heads import MambaClassifier
 from ..mamba import MambaConfig
 from ..tokenizers import NucleotideTokenizer
@@ -52,13 +52,7 @@ def plot_confusion(cm: torch.Tensor, class_names: list[str], path, title: str = 
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 class SpeciesClassificationTask(LongseqTask):
