@@ -210,3 +210,17 @@ class LongseqTask(pl.LightningModule):
         total = hp.decay_steps or (lambda: trainer.estimated_stepping_batches)   # read lazily: see warmup_cosine
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(hp.warmup_steps, total, hp.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # Lightning's FSDP precision plugin refuses clipping by norm (the norm of sharded
+        # gradients needs the FSDP module, which the plugin does not see). FSDP's own
+        # clip_grad_norm_ computes the global norm across shards, so the CLI's default
+        # gradient_clip_val works unchanged under strategy=fsdp.
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = self.trainer.model
+        if (gradient_clip_val and gradient_clip_algorithm in (None, "norm")
+                and isinstance(wrapped, FullyShardedDataParallel)):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
