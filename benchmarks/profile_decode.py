@@ -4,11 +4,12 @@
 
 At batch 1 a step of a small model is a few dozen tiny kernels whose count, not their arithmetic,
 sets the time; this lists them (torch.profiler over eager steps) so fusions can be aimed, and times
-the step replayed as a CUDA graph (what `generate` does) in microseconds per token.
+whole ``generate`` calls (one second of 16 kHz audio by default) for several graph block sizes.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from collections import Counter
@@ -18,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from longseq import MambaConfig, MambaLM  # noqa: E402
-from longseq.generation import SamplingParams, _Decoder  # noqa: E402
+from longseq.generation import SamplingParams, _Decoder, generate  # noqa: E402
 
 
 def main(argv=None):
@@ -28,6 +29,7 @@ def main(argv=None):
     p.add_argument("--vocab", type=int, default=257)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--samples", type=int, default=16000)
     args = p.parse_args(argv)
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -54,19 +56,20 @@ def main(argv=None):
         print(f"kernels per step (incl. noise fill): {per_step:.1f}")
         for name, n in names.most_common():
             print(f"  {n / args.steps:5.1f} x {total_us[name] / n:7.2f} us  {name[:110]}")
-        block = 32
-        graph = _Decoder(model, cache, args.batch, block, model.config.vocab_size, params, None, dev,
-                         cuda_graph=True)
-        graph.run(None)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        reps = 200
-        for _ in range(reps):
-            graph.run(None)
-        torch.cuda.synchronize()
-        us = (time.perf_counter() - t) / (reps * block) * 1e6
-        print(f"CUDA graph: {us:.2f} us per step at batch {args.batch} "
-              f"(16 kHz real time = 62.5 us; RTF {us / 62.5:.3f})")
+        # whole generate() calls (graph capture and per-block work included) by graph block size
+        prompt = torch.zeros(args.batch, 1, dtype=torch.long, device=dev)
+        for block in (32, 64, 128, 256):
+            times = []
+            for _ in range(4):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                generate(model, prompt, args.samples, block=block, seed=0)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+            best = statistics.median(times[1:])
+            us = best / args.samples * 1e6
+            print(f"generate {args.samples} samples, block {block}: {best:.3f} s, {us:.2f} us per step, "
+                  f"RTF at 16 kHz {best / (args.samples / 16000):.3f}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .kernels import resolve_backend
+
 __all__ = ["SamplingParams", "sample", "gumbel_", "generate", "naive_generate"]
 
 PROGRESS_MIN_STEPS = 4096  # below this, a progress bar is only noise
@@ -107,28 +109,43 @@ class _Decoder:
                  allowed, device, cuda_graph: bool, compile: bool = False):
         self.model, self.cache, self.params, self.allowed, self.block = model, cache, params, allowed, block
         self.step_fn = _compiled_step(model) if compile else model.step
-        self.cur = torch.zeros(batch, dtype=torch.long, device=device)
+        # tokens[k] is step k's input and tokens[k + 1] its output, so no copy links the steps;
+        # tokens[0] (``cur``) holds the last token of the previous block.
+        self.tokens = torch.zeros(block + 1, batch, dtype=torch.long, device=device)
+        self.cur, self.out = self.tokens[0], self.tokens[1:]
         self.noise = None if params.greedy else torch.empty(block, batch, vocab, device=device)
         self.forced = torch.zeros(block, batch, dtype=torch.long, device=device)
         self.force = torch.zeros(block, batch, dtype=torch.bool, device=device)
-        self.out = torch.zeros(block, batch, dtype=torch.long, device=device)
         # Plain sampling restricted to some tokens: put the restriction into the noise once per
         # block (-inf noise never wins the argmax) instead of masking the logits at every step.
         filtering = params.top_k or params.top_p < 1
         self.fold = allowed is not None and not params.greedy and not filtering
+        # Plain sampling on CUDA: temperature, noise, argmax and forcing in one kernel.
+        self.fused = (not params.greedy and not filtering and (allowed is None or self.fold)
+                      and device.type == "cuda" and resolve_backend(None, self.tokens) == "triton")
+        if self.fused:
+            from .kernels.triton_sample import gumbel_argmax  # imports Triton: only when used
+            self.gumbel_argmax = gumbel_argmax
         self.graph = self._capture() if cuda_graph else None
 
-    def _steps(self):
-        for k in range(self.block):
-            logits = self.step_fn(self.cur, self.cache)
-            tok = sample(logits, None if self.noise is None else self.noise[k], self.params,
-                         None if self.fold else self.allowed)
-            torch.where(self.force[k], self.forced[k], tok, out=self.out[k])
-            self.cur.copy_(self.out[k])
+    def _steps(self, count: int | None = None):
+        for k in range(self.block if count is None else count):
+            logits = self.step_fn(self.tokens[k], self.cache)
+            if self.fused:
+                self.gumbel_argmax(logits, self.noise[k], self.params.temperature, self.force[k], self.forced[k],
+                              out=self.tokens[k + 1])
+            else:
+                tok = sample(logits, None if self.noise is None else self.noise[k], self.params,
+                             None if self.fold else self.allowed)
+                torch.where(self.force[k], self.forced[k], tok, out=self.tokens[k + 1])
+        if count is None:
+            self.cur.copy_(self.tokens[self.block])
 
     def _capture(self):
-        # Warm-up runs (Triton compilation, cuBLAS workspaces) must not advance the real state:
-        # snapshot the cache and restore it afterwards. Capturing itself executes nothing.
+        # Warm-up steps (Triton compilation, cuBLAS workspaces) must not advance the real state:
+        # snapshot the cache and restore it afterwards. Every step of a block launches the same
+        # kernels, so two warm-up steps do (not two whole blocks: at ~1 ms per eager step that
+        # cost more than the graph saves on a short generation). Capturing executes nothing.
         saved = [(lc.conv_state.clone(), lc.ssm_state.clone()) for lc in self.cache.layers]
         cur, offset = self.cur.clone(), self.cache.seqlen_offset
         if self.noise is not None:
@@ -137,8 +154,7 @@ class _Decoder:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._steps()
+                self._steps(count=2)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .kernels import causal_conv1d, rms_norm, selective_scan, selective_state_update
+from .kernels import causal_conv1d, causal_conv1d_update, rms_norm, selective_scan, selective_state_update
 
 __all__ = ["MambaConfig", "Mamba", "Block", "MambaBackbone", "InferenceCache"]
 
@@ -181,14 +181,11 @@ class Mamba(nn.Module):
 
     def step(self, hidden: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """One token: hidden (batch, d_model) -> (batch, d_model); advances ``cache`` in place."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (batch, d_inner) each
-        # The conv over one new input is the parallel conv on a length-1 sequence started from
-        # the cached inputs: one fused kernel on GPU, the same code path as forward().
-        x, conv_final = causal_conv1d(x.unsqueeze(-1).contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias,
-                                      activation="silu", initial_state=cache.conv_state.to(x.dtype),
-                                      return_final_state=True)
-        cache.conv_state.copy_(conv_final)
-        x = x.squeeze(-1)
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (batch, d_inner) each, strided views
+        # At batch 1 a step is a few dozen tiny kernels and their number sets its time: the conv
+        # step is one kernel that also advances the cached inputs in place (no copies).
+        x = causal_conv1d_update(x, cache.conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                 activation="silu")
         delta, B, C = self._ssm_inputs(x.unsqueeze(-1))
         y = selective_state_update(cache.ssm_state, x, delta.squeeze(-1), self._A_for_decoding(), B.squeeze(-1), C.squeeze(-1),
                                    self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True)

@@ -152,11 +152,12 @@ def test_not_a_language_model_is_refused():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_graph_decoding_equals_eager(dtype):
+@pytest.mark.parametrize("sampling", [dict(top_p=0.95), dict(allowed_tokens=range(4))], ids=["top_p", "fused"])
+def test_cuda_graph_decoding_equals_eager(dtype, sampling):
     model = sharp_lm(5, d_model=64, n_layer=3).to("cuda", dtype)
     prompt = torch.randint(0, 4, (4, 37), generator=torch.Generator().manual_seed(2)).cuda()
     lengths = torch.tensor([37, 20, 5, 37])
-    kw = dict(prompt_lengths=lengths, temperature=0.9, top_p=0.95, seed=3, block=16)
+    kw = dict(prompt_lengths=lengths, temperature=0.9, seed=3, block=16, **sampling)
     graph = generate(model, prompt, 300, cuda_graph=True, **kw)
     eager = generate(model, prompt, 300, cuda_graph=False, **kw)
     agree = (graph == eager).float().mean().item()
@@ -173,3 +174,28 @@ def test_compiled_step_gives_the_same_tokens():
     plain = generate(model, prompt, 30, seed=5, allowed_tokens=range(4))
     compiled = generate(model, prompt, 30, seed=5, allowed_tokens=range(4), compile=True)
     assert torch.equal(plain, compiled)
+
+
+TRITON_HERE = torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.mark.skipif(not TRITON_HERE, reason="needs triton (CUDA or TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("vocab,temperature,dtype", [(257, 1.0, torch.float32), (8, 0.7, torch.float32),
+                                                      (5, 1.3, torch.bfloat16), (1, 1.0, torch.float32)])
+def test_fused_sampling_kernel_equals_torch_sampling(vocab, temperature, dtype):
+    """The Triton kernel that plain sampling uses on CUDA picks the same tokens as ``sample`` + where."""
+    from longseq.kernels.triton_sample import gumbel_argmax
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(vocab)
+    batch = 7
+    logits = (torch.randn(batch, vocab, generator=g) * 3).to(dtype).to(dev)
+    noise = gumbel_(torch.rand(batch, vocab, generator=g)).to(dev)
+    noise[0, : vocab // 2] = float("-inf")                    # folded restriction, as _Decoder does
+    force = torch.tensor([False, True, False, False, True, False, False], device=dev)
+    forced = torch.arange(batch, device=dev) + 100
+    want = torch.where(force, forced, sample(logits, noise, SamplingParams(temperature=temperature)))
+    out = torch.full((batch,), -1, dtype=torch.long, device=dev)
+    got = gumbel_argmax(logits, noise, temperature, force, forced, out)
+    assert got is out and torch.equal(got, want), (got, want)
+    with pytest.raises(ValueError, match="noise"):
+        gumbel_argmax(logits, noise.double(), temperature, force, forced, out)

@@ -4,12 +4,13 @@ Each public function dispatches to the fused Triton kernels on CUDA (``backend="
 to the pure-PyTorch implementation (``backend="reference"``), which runs on any device.
 ``selective_scan_ref`` is the float64 plain-loop ground truth that every backend is tested against.
 """
-from .dispatch import causal_conv1d, resolve_backend, rms_norm, selective_scan, selective_state_update
-from .reference import (causal_conv1d_ref, rms_norm_ref, selective_scan_chunked, selective_scan_ref,
-                        selective_state_update_ref)
+from .dispatch import (causal_conv1d, causal_conv1d_update, resolve_backend, rms_norm, selective_scan,
+                       selective_state_update)
+from .reference import (causal_conv1d_ref, causal_conv1d_update_ref, rms_norm_ref, selective_scan_chunked,
+                        selective_scan_ref, selective_state_update_ref)
 
 __all__ = [
-    "selective_scan", "causal_conv1d", "selective_state_update", "rms_norm", "resolve_backend",
-    "selective_scan_ref", "selective_scan_chunked", "causal_conv1d_ref", "selective_state_update_ref",
-    "rms_norm_ref",
+    "selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update", "rms_norm",
+    "resolve_backend", "selective_scan_ref", "selective_scan_chunked", "causal_conv1d_ref",
+    "causal_conv1d_update_ref", "selective_state_update_ref", "rms_norm_ref",
 ]

@@ -69,3 +69,25 @@ def check_selective_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None
         check_tensor(fn, "initial_state", initial_state, (batch, dim, dstate), dev,
                      shape_doc="(batch, dim, dstate)")
     return batch, dim, seqlen, dstate, groups
+
+
+def check_conv_update_args(x, conv_state, weight, bias=None, activation=None,
+                           fn: str = "causal_conv1d_update") -> tuple[int, int, int]:
+    """Validate one decoding step of the causal conv; return (batch, dim, width)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        _fail(fn, "x", "2-D (batch, dim)", f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
+              else type(x).__name__)
+    batch, dim = x.shape
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != dim or weight.shape[1] < 1:
+        _fail(fn, "weight", f"of shape (dim, width) with dim = {dim}",
+              f"shape {tuple(weight.shape)}" if isinstance(weight, torch.Tensor) else type(weight).__name__)
+    width = weight.shape[1]
+    check_tensor(fn, "x", x, (batch, dim), x.device, shape_doc="(batch, dim)")
+    check_tensor(fn, "weight", weight, (dim, width), x.device, shape_doc="(dim, width)")
+    check_tensor(fn, "conv_state", conv_state, (batch, dim, width - 1), x.device,
+                 shape_doc="(batch, dim, width - 1)")
+    if bias is not None:
+        check_tensor(fn, "bias", bias, (dim,), x.device, shape_doc="(dim,)")
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"{fn}: argument 'activation' must be None, 'silu' or 'swish'; got {activation!r}")
+    return batch, dim, width

@@ -77,6 +77,14 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, ret
     return reference.causal_conv1d_ref(x, weight, **kwargs)
 
 
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend=None):
+    """One decoding step of causal_conv1d: x (batch, dim) -> y (batch, dim), ``conv_state``
+    (batch, dim, width-1) advanced in place; see causal_conv1d_update_ref."""
+    if resolve_backend(backend, x) == "triton":
+        return _triton().causal_conv1d_update(x, conv_state, weight, bias, activation)
+    return reference.causal_conv1d_update_ref(x, conv_state, weight, bias, activation)
+
+
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                            backend=None):
     """One decoding step of the scan, in place on ``state``; returns y (batch, dim)."""

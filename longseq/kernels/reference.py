@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks import check_selective_scan_args, check_tensor
+from .checks import check_conv_update_args, check_selective_scan_args, check_tensor
 
 __all__ = [
     "selective_scan_ref",
@@ -228,6 +228,24 @@ def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_state=None,
         y = F.silu(y)
     if return_final_state:
         return y, xs[..., xs.shape[-1] - (width - 1):]
+    return y
+
+
+def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None):
+    """One decoding step of :func:`causal_conv1d_ref`: x (batch, dim) -> y (batch, dim).
+
+    ``conv_state`` (batch, dim, width-1) holds the previous width-1 inputs and is advanced in
+    place (its oldest input dropped, x appended), as ``mamba_ssm``'s ``causal_conv1d_update``.
+    Equals the parallel conv over a length-1 sequence with ``initial_state=conv_state``.
+    """
+    check_conv_update_args(x, conv_state, weight, bias, activation)
+    window = torch.cat([conv_state.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # (batch, dim, width)
+    # the same F.conv1d call as causal_conv1d_ref on this window, so decoding reproduces it exactly
+    y = F.conv1d(window, weight.to(x.dtype).unsqueeze(1), None if bias is None else bias.to(x.dtype),
+                 groups=x.shape[1]).squeeze(-1)
+    if activation is not None:
+        y = F.silu(y)
+    conv_state.copy_(window[..., 1:])
     return y
 
 

@@ -99,3 +99,44 @@ def conv_bwd_kernel(
     tl.store(db_ptr + part, tl.sum(g, axis=1), mask=mask_d)
     tl.store(dx_ptr + pid_b * s_dxb + d64[:, None] * s_dxd + offs_l.to(tl.int64)[None, :] * s_dxl,
              dx.to(dx_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def conv_update_kernel(
+    x_ptr, state_ptr, w_ptr, bias_ptr, y_ptr,
+    dim, s_xb, s_xd, s_sb, s_sd, s_sl, s_yb, s_yd,
+    W: tl.constexpr, WP: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+):
+    """One new input per channel (decoding): y = act(b + sum_k w[k] window[k]) with window = the
+    W-1 cached inputs then x; the state (batch, dim, W-1) becomes the window's last W-1 inputs,
+    in place. One program per (channel block, sequence); each owns its channels' state rows."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < dim
+    d64 = offs_d.to(tl.int64)
+    offs_k = tl.arange(0, WP)
+    s_rows = state_ptr + pid_b * s_sb + d64[:, None] * s_sd
+    # window[:, k] = state[:, k] for k < W-1, x for k = W-1
+    in_state = offs_k < W - 1
+    win = tl.load(s_rows + offs_k.to(tl.int64)[None, :] * s_sl, mask=mask_d[:, None] & in_state[None, :],
+                  other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + pid_b * s_xb + d64 * s_xd, mask=mask_d, other=0.0)
+    win = tl.where((offs_k == W - 1)[None, :], x.to(tl.float32)[:, None], win)
+    w = tl.load(w_ptr + d64[:, None] * W + offs_k[None, :], mask=mask_d[:, None] & (offs_k < W)[None, :],
+                other=0.0).to(tl.float32)
+    acc = tl.sum(win * w, axis=1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(y_ptr + pid_b * s_yb + d64 * s_yd, acc.to(y_ptr.dtype.element_ty), mask=mask_d)
+    # shift left by one: state[:, k] = window[:, k + 1], formed from the registers (a select
+    # and a sum over a [BD, WP, WP] tile; exact). The barrier makes every thread's loads of the
+    # state complete before any thread overwrites it (a thread may store an element that
+    # another thread of this program loaded).
+    pick = (offs_k[:, None] + 1) == offs_k[None, :]
+    nxt = tl.sum(tl.where(pick[None, :, :], win[:, None, :], 0.0), axis=2)
+    tl.debug_barrier()
+    tl.store(s_rows + offs_k.to(tl.int64)[None, :] * s_sl, nxt.to(state_ptr.dtype.element_ty),
+             mask=mask_d[:, None] & in_state[None, :])

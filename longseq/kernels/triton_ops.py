@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_tensor
+from .checks import check_conv_update_args, check_tensor
 from .reference import causal_conv1d_ref  # argument checks only (see _check_conv)
-from .triton_conv import conv_bwd_kernel, conv_fwd_kernel
+from .triton_conv import conv_bwd_kernel, conv_fwd_kernel, conv_update_kernel
 from .triton_interp import install as _install_interp
 from .triton_norm import rms_bwd_kernel, rms_fwd_kernel
 from .triton_scan_op import selective_scan
@@ -20,7 +20,7 @@ from .triton_update import state_update_kernel
 
 _install_interp()
 
-__all__ = ["selective_scan", "causal_conv1d", "selective_state_update", "rms_norm"]
+__all__ = ["selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update", "rms_norm"]
 
 
 def _pow2(n: int) -> int:
@@ -120,6 +120,21 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, ret
         init = initial_state if initial_state is not None else x.new_zeros(batch, dim, W - 1)
         final = torch.cat([init.to(x.dtype)[..., seqlen:], x], dim=-1)
     return y, final
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+    """One decoding step: x (batch, dim) -> y (batch, dim); ``conv_state`` advanced in place.
+
+    One kernel (no copies; x and the state may be strided views). Not differentiable: decoding only.
+    """
+    batch, dim, W = check_conv_update_args(x, conv_state, weight, bias, activation)
+    y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
+    BD = min(64, _pow2(dim))
+    conv_update_kernel[(_cdiv(dim, BD), batch)](
+        x, conv_state, weight.contiguous(), bias if bias is not None else y, y,
+        dim, *x.stride(), *conv_state.stride(), *y.stride(),
+        W=W, WP=max(2, _pow2(W)), BD=BD, HAS_BIAS=bias is not None, SILU=activation is not None, num_warps=4)
+    return y
 
 
 # ----------------------------------------------------------------------------- state update
