@@ -1,7 +1,8 @@
 """One entry point per kernel; picks the backend for the tensors' device.
 
 ``backend=None`` means the best available: the fused Triton kernels on CUDA tensors when Triton
-imports, the chunked pure-PyTorch path otherwise. ``LONGSEQ_SCAN_BACKEND`` (``triton`` or
+imports, otherwise ``reference``: the compiled numba scan (``cpu_scan``) for CPU tensors and the
+chunked pure-PyTorch scan for tensors on other devices. ``LONGSEQ_SCAN_BACKEND`` (``triton`` or
 ``reference``) overrides the default for every call that does not name a backend.
 """
 from __future__ import annotations
@@ -45,6 +46,12 @@ def _triton():
     return triton_ops
 
 
+def _cpu_scan():
+    # Imported lazily: importing numba costs ~1 s and only CPU scans need it.
+    from . import cpu_scan
+    return cpu_scan
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, initial_state=None, backend=None):
     """Selective scan with ``mamba_ssm.selective_scan_fn``'s arguments, shapes and semantics.
@@ -64,6 +71,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                   return_last_state=return_last_state, initial_state=initial_state)
     if resolve_backend(backend, u) == "triton":
         return _triton().selective_scan(u, delta, A, B, C, **kwargs)
+    if u.device.type == "cpu":
+        return _cpu_scan().selective_scan_cpu(u, delta, A, B, C, **kwargs)
+    # Not a CPU tensor (a GPU without Triton, MPS, ...): numba cannot read the memory, and copying
+    # to the CPU and back would be slower than the chunked whole-tensor path on the device.
     return reference.selective_scan_chunked(u, delta, A, B, C, **kwargs)
 
 
