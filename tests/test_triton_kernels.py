@@ -191,9 +191,10 @@ def test_dispatch_routes_to_triton_under_interpreter():
     assert rel(y_t, y_r) < 1e-5
 
 
-@pytest.mark.parametrize("fwd_variant,bwd_variant", [("cm", "cm"), ("tm", "tm")])
+@pytest.mark.parametrize("fwd_variant,bwd_variant", [("cm", "cm"), ("tm", "tm"), ("t4", "cm"), ("t4", "tm")])
 def test_selective_scan_kernel_variants(monkeypatch, fwd_variant, bwd_variant):
-    """Both tile layouts of the forward and backward kernels (the GPU tuner may pick either)."""
+    """Every tile layout of the forward and backward kernels (the GPU tuner may pick any). The t4
+    training forward runs 8-step chunks here and saves every fourth state for the backward."""
     monkeypatch.setenv("LONGSEQ_SCAN_FWD_VARIANT", fwd_variant)
     monkeypatch.setenv("LONGSEQ_SCAN_BWD_VARIANT", bwd_variant)
     gen = torch.Generator().manual_seed(11)

@@ -349,6 +349,118 @@ def scan_fwd_tm_kernel(
 
 
 @triton.jit
+def _take(x, sel, nz):
+    """x[s] along axis 0 (kept as a size-1 axis), with sel = (arange == s) and nz = -0.0 tiles.
+    With axis 0 held inside each thread and s a compile-time constant this is a register pick:
+    where() folds per register to x or -0.0 and x + (-0.0) folds to x (with +0.0 fill the adds
+    would stay: 0 + x is not x for x = -0.0). nz must be made as zeros * -1.0: a -0.0 literal
+    loses its sign in Triton 3.6's front end."""
+    return tl.sum(tl.where(sel, x, nz), axis=0, keep_dims=True)
+
+
+@triton.jit
+def _softplus2(x):
+    # softplus (beta=1, threshold=20) on the MUFU ex2/lg2 units: two instructions and a few FMULs
+    # instead of expf/logf's range reduction and polynomial
+    return tl.where(x > 20.0, x, 0.6931471805599453 * tl.log2(1.0 + tl.exp2(1.4426950408889634 * x)))
+
+
+@triton.jit
+def scan_fwd_t4_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
+    y_ptr, states_ptr, last_ptr,
+    dim, seqlen, dstate, per_group, nchunks,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_yb, s_yd, s_yl,
+    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, SAVE_EVERY: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr,
+):
+    """Forward with 4-D tiles [BL, NQ, BD, NR] (state n = q * NR + r) and a sequential recurrence.
+
+    Unlike the tm/cm kernels (one (d, n) pair per thread, y summed over n by a 16-lane shuffle
+    tree), each thread here holds NR states of its channel(s) and all BL steps of the chunk. The A
+    load, contiguous along n, anchors the compute layout on the GPU: NR states in-thread (one
+    16-byte vector), NQ on lanes, channels on the remaining lanes and the warps. The chunk is then
+    solved by an unrolled loop over its BL steps (h = a_t * h + b_t, one FFMA per element; the scan
+    of v1-v3 spent 3), y's sum over n is NR-1 in-thread FMAs and log2(NQ) shuffles per step, and the
+    chunk's last state is a register, not a reduction. With SAVE_STATES the state is stored every
+    SAVE_EVERY chunks (every SAVE_EVERY * BL steps), for the backward."""
+    NQ: tl.constexpr = NP // NR
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d0 = pid_d * BD
+    offs_d = d0 + tl.arange(0, BD)
+    mask_d = offs_d < dim
+    offs_l = tl.arange(0, BL)
+    d64 = offs_d.to(tl.int64)
+    g64 = (d0 // per_group).to(tl.int64)
+    n4 = (tl.arange(0, NQ)[None, :, None, None] * NR + tl.arange(0, NR)[None, None, None, :]).to(tl.int64)
+    d4 = d64[None, None, :, None]
+    mask_dn4 = mask_d[None, None, :, None] & (n4 < dstate)          # [1, NQ, BD, NR]
+    n3 = (tl.arange(0, NQ)[None, :, None] * NR + tl.arange(0, NR)[None, None, :]).to(tl.int64)
+    mask_n3 = n3 < dstate                                            # [1, NQ, NR]
+
+    u_base = u_ptr + pid_b * s_ub + d64[None, :] * s_ud
+    dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
+    y_base = y_ptr + pid_b * s_yb + d64[None, :] * s_yd
+    z_base = z_ptr + pid_b * s_zb + d64[None, :] * s_zd
+    B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n3 * s_Bn
+    C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n3 * s_Cn
+
+    A2 = tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    row4 = (pid_b * dim + d4) * dstate + n4
+    if HAS_INIT:
+        h = tl.load(init_ptr + row4, mask=mask_dn4, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((1, NQ, BD, NR), tl.float32)
+    nsaved = (nchunks + SAVE_EVERY - 1) // SAVE_EVERY
+    st_base = states_ptr + (pid_b * dim + d4) * nsaved * dstate + n4
+    l4 = offs_l[:, None, None, None]
+    nz = tl.zeros((BL, NQ, BD, NR), tl.float32) * -1.0
+
+    for c in range(nchunks):
+        t = c * BL + offs_l
+        mask_t = t < seqlen
+        t64 = t.to(tl.int64)
+        if SAVE_STATES:
+            tl.store(st_base + (c // SAVE_EVERY) * dstate, h, mask=mask_dn4 & (c % SAVE_EVERY == 0))
+        m2 = mask_t[:, None] & mask_d[None, :]
+        u = tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
+        dl = tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dl = dl + bias[None, :]
+        if SOFTPLUS:
+            dl = _softplus2(dl)
+        dl = tl.where(m2, dl, 0.0)
+        mnt = mask_t[:, None, None] & mask_n3
+        Bt = tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0).to(tl.float32)   # [BL, NQ, NR]
+        Ct = tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
+        a = tl.exp2(dl[:, None, :, None] * A2)                            # [BL, NQ, BD, NR]
+        bx = (dl * u)[:, None, :, None] * Bt[:, :, None, :]
+        hs = tl.zeros((BL, NQ, BD, NR), tl.float32)
+        for s in tl.static_range(BL):
+            sel = l4 == s
+            h = _take(a, sel, nz) * h + _take(bx, sel, nz)
+            hs = tl.where(sel, h, hs)
+        y = tl.sum(tl.sum(hs * Ct[:, :, None, :], axis=3), axis=1)       # [BL, BD]
+        if HAS_D:
+            y = y + Dv[None, :] * u
+        if HAS_Z:
+            zt = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
+            y = y * zt * tl.sigmoid(zt)
+        tl.store(y_base + t64[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
+    tl.store(last_ptr + row4, h, mask=mask_dn4)
+
+
+@triton.jit
 def _load_delta_tm(ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Raw delta tile [BL, BD] -> (after bias, after softplus), float32."""
     pre = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)

@@ -7,7 +7,8 @@ import torch
 
 from . import triton_tune
 from .checks import check_selective_scan_args
-from .triton_scan import scan_bwd_kernel, scan_bwd_tm_kernel, scan_fwd_kernel, scan_fwd_tm_kernel
+from .triton_scan import (scan_bwd_kernel, scan_bwd_tm_kernel, scan_fwd_kernel, scan_fwd_t4_kernel,
+                          scan_fwd_tm_kernel)
 
 COMPILED = {}       # last compiled kernel per name (registers/spills for the benchmark's report)
 SAVE_CHUNK = 32           # the training forward saves the state every SAVE_CHUNK steps (its chunk length);
@@ -28,7 +29,8 @@ def _bd_ok(bd: int, dim: int, groups: int) -> bool:
 def _candidates(dim, groups, cfgs, kind):
     """Valid (variant, BD, BL, num_warps) configurations to time, in order of preference.
 
-    variant "tm": time-major tiles [BL, BD, N]; "cm": channel-major [BD, N, BL] (see triton_scan).
+    variant "t4": 4-D tiles [BL, NQ, BD, NR] with a per-thread recurrence (forward only, v4);
+    "tm": time-major tiles [BL, BD, N]; "cm": channel-major [BD, N, BL] (see triton_scan).
     $LONGSEQ_SCAN_{FWD,BWD}_VARIANT forces a variant; $LONGSEQ_SCAN_FWD_CFGS / _BWD_CFGS
     ("tm:8:32:4,...") replace the inference forward's / the backward's list (a backward BL must be a
     multiple of SAVE_CHUNK)."""
@@ -42,6 +44,11 @@ def _candidates(dim, groups, cfgs, kind):
         cfgs = [(v, bd, bl, 4) for bd in (16, 8, 4, 2, 1)]
     if forced:
         cfgs = [(forced,) + tuple(c[1:]) for c in cfgs]
+    if kind == "fwd_train":
+        # the backward reads a state every SAVE_CHUNK steps: tm/cm save one per chunk (BL = SAVE_CHUNK),
+        # t4 one every SAVE_CHUNK // BL chunks (BL must divide SAVE_CHUNK)
+        cfgs = [c if c[0] == "t4" else (c[0], c[1], SAVE_CHUNK, c[3]) for c in cfgs]
+        cfgs = [c for c in cfgs if c[0] != "t4" or SAVE_CHUNK % c[2] == 0]
     out, seen = [], set()
     for c in cfgs:
         if _bd_ok(c[1], dim, groups) and c not in seen:
@@ -52,13 +59,15 @@ def _candidates(dim, groups, cfgs, kind):
     return out
 
 
-# Candidates, from sweeps on an H100 and an H200 (docs/kernel_notes.md), fastest first: the forward
-# is fastest time-major, the backward channel-major (its time-major version spills). The tuner
-# times them per shape on first use; with LONGSEQ_AUTOTUNE=0 the first valid one is used.
-FWD_CFGS = [("tm", 8, 32, 4), ("tm", 16, 16, 4), ("tm", 8, 16, 4), ("tm", 4, 64, 4), ("tm", 4, 32, 4),
-            ("tm", 2, 32, 4), ("cm", 2, 32, 4)]
-FWD_TRAIN_CFGS = [("tm", 8, SAVE_CHUNK, 4), ("tm", 16, SAVE_CHUNK, 4), ("tm", 4, SAVE_CHUNK, 4),
-                  ("tm", 2, SAVE_CHUNK, 4), ("cm", 2, SAVE_CHUNK, 4)]
+# Candidates, from sweeps on an H100 and an H200 (docs/kernel_notes.md), fastest first. Forward: t4
+# (v4) at batch 8 (bf16 2K: 0.40 ms vs tm's 0.96 on the H100); tm with few channels per program
+# stays for batch 1 at long lengths, where t4's (dim / BD) programs are too few to fill the chip.
+# The backward is fastest channel-major (its time-major version spills). The tuner times them per
+# shape on first use; with LONGSEQ_AUTOTUNE=0 the first valid one is used.
+FWD_CFGS = [("t4", 32, 8, 4), ("t4", 32, 16, 4), ("t4", 16, 16, 2), ("t4", 32, 8, 2), ("t4", 8, 16, 1),
+            ("t4", 4, 16, 1), ("tm", 8, 32, 4), ("tm", 4, 64, 4), ("tm", 2, 32, 4), ("cm", 2, 32, 4)]
+FWD_TRAIN_CFGS = [("t4", 32, 8, 4), ("t4", 32, 16, 4), ("t4", 16, 16, 2), ("t4", 32, 8, 2), ("t4", 8, 16, 1),
+                  ("t4", 4, 16, 1), ("tm", 8, SAVE_CHUNK, 4), ("tm", 2, SAVE_CHUNK, 4), ("cm", 2, SAVE_CHUNK, 4)]
 BWD_CFGS = [("cm", 4, 64, 4), ("cm", 2, 64, 4), ("tm", 8, 32, 4), ("tm", 4, 32, 4), ("tm", 16, 32, 4),
             ("tm", 4, 64, 4)]
 
@@ -98,13 +107,18 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
 
     def run(cfg):
         variant, bd, bl, warps = cfg
-        kernel = scan_fwd_tm_kernel if variant == "tm" else scan_fwd_kernel
+        kernel = {"tm": scan_fwd_tm_kernel, "t4": scan_fwd_t4_kernel}.get(variant, scan_fwd_kernel)
         nchunks = triton_cdiv(seqlen, bl)
+        extra = {}
+        if variant == "t4":
+            # t4 saves the state every SAVE_CHUNK steps whatever its chunk (BL must divide SAVE_CHUNK)
+            extra = dict(NR=min(4, NP), SAVE_EVERY=max(1, SAVE_CHUNK // bl) if save_states else 1)
         if save_states:
-            states = states_holder.get(bl)
+            nsaved = triton_cdiv(nchunks, extra.get("SAVE_EVERY", 1))
+            states = states_holder.get(nsaved)
             if states is None:
-                states = torch.empty((batch, dim, nchunks, dstate), device=dev, dtype=torch.float32)
-                states_holder[bl] = states
+                states = torch.empty((batch, dim, nsaved, dstate), device=dev, dtype=torch.float32)
+                states_holder[nsaved] = states
         else:
             states = last
         COMPILED["scan_fwd" + ("_train" if save_states else "")] = kernel[(triton_cdiv(dim, bd), batch)](
@@ -116,7 +130,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
             *_strides_bc(B, groups), *_strides_bc(C, groups), *_strides3(y),
             BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(softplus), HAS_INIT=initial_state is not None, SAVE_STATES=save_states,
-            num_warps=warps,
+            num_warps=warps, **extra,
         )
         return states
 
