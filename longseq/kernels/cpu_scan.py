@@ -105,30 +105,30 @@ def _exp(x):
 
     exp(x) = 2**k * exp(r), k = round(x / ln 2), |r| <= ln(2)/2, exp(r) = 1 + r + r^2 q(r) with
     q of degree 9 fitted to Chebyshev nodes (max relative error 2.2e-16 over the interval, i.e.
-    rounding). Below -708 it returns 0 (libm returns subnormals down to -745: below 4e-308
-    either way); above 709.78 inf (exp(709.78) = 1.795e308 is the last finite value to 4
-    digits); NaN stays NaN.
+    rounding). The polynomial is evaluated times 2 (exactly: the coefficients are doubled) and
+    scaled by 2**(k-1), so that k = 1024 stays finite. Below -708 it returns 0 (libm returns
+    subnormals down to -745: below 4e-308 either way); above 709.78 inf (exp(709.78) =
+    1.795e308 is the last finite value to 4 digits); NaN stays NaN (through r). Out of that
+    range k and the scale are garbage, which the two selects at the end replace.
     """
-    xc = min(max(x, -708.0), 709.78)
-    k = np.floor(xc * _LOG2E + 0.5)
-    r = (xc - k * _LN2_HI) - k * _LN2_LO
-    p = 2.5100375832561234e-08
-    p = p * r + 2.7620075879983367e-07
-    p = p * r + 2.7557268480310024e-06
-    p = p * r + 2.4801521322368692e-05
-    p = p * r + 0.00019841269863040545
-    p = p * r + 0.0013888888917196719
-    p = p * r + 0.008333333333330065
-    p = p * r + 0.041666666666624164
-    p = p * r + 0.16666666666666669
-    p = p * r + 0.5000000000000001
-    p = p * r + 1.0
-    p = p * r + 1.0
-    ki = _as_int64(k + _ROUND) - _as_int64(_ROUND)  # k as an integer, exactly
-    res = p * _as_float64((ki + 1022) << 52) * 2.0  # 2**(k-1) * 2: k = 1024 stays finite
+    k = np.floor(x * _LOG2E + 0.5)
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    p = 2.0 * 2.5100375832561234e-08
+    p = p * r + 2.0 * 2.7620075879983367e-07
+    p = p * r + 2.0 * 2.7557268480310024e-06
+    p = p * r + 2.0 * 2.4801521322368692e-05
+    p = p * r + 2.0 * 0.00019841269863040545
+    p = p * r + 2.0 * 0.0013888888917196719
+    p = p * r + 2.0 * 0.008333333333330065
+    p = p * r + 2.0 * 0.041666666666624164
+    p = p * r + 2.0 * 0.16666666666666669
+    p = p * r + 2.0 * 0.5000000000000001
+    p = p * r + 2.0 * 1.0
+    p = p * r + 2.0 * 1.0
+    ki = _as_int64(k + _ROUND) - _as_int64(_ROUND)  # k as an integer, exactly (|k| < 2**51)
+    res = p * _as_float64((ki + 1022) << 52)
     res = 0.0 if x < -708.0 else res
-    res = math.inf if x > 709.78 else res
-    return x if x != x else res
+    return math.inf if x > 709.78 else res
 
 
 @numba.njit(inline="always", error_model="numpy")
