@@ -228,3 +228,26 @@ def test_selective_scan_backward_chunk_longer_than_saved_chunk(monkeypatch, bwd_
     sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
     for k in xs:
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, k
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_selective_scan_chunk_parallel_forward(monkeypatch, train):
+    """The t4 forward split into 3 sequence groups (pass 1: group summaries, pass 2: each group
+    starts from the folded summaries), with an initial state; in training mode the saved states
+    feed the backward."""
+    monkeypatch.setenv("LONGSEQ_SCAN_FWD_VARIANT", "t4")
+    monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", "3")
+    gen = torch.Generator().manual_seed(13)
+    t = scan_inputs(2, 5, 300, 16, None, gen)
+    xs = {k: v.clone().requires_grad_(train) for k, v in t.items()}
+    xr = {k: v.double().requires_grad_(train) for k, v in t.items()}
+    out = run_scan(T().selective_scan, xs, FULL)
+    ref = run_scan(R.selective_scan_ref, xr, FULL)
+    for o, r in zip(out, ref):
+        assert rel(o, r) < 1e-5
+    if train:
+        grads = [torch.randn(o.shape, generator=gen) for o in out]
+        sum((o * g).sum() for o, g in zip(out, grads)).backward()
+        sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
+        for k in xs:
+            assert rel(xs[k].grad, xr[k].grad) < 1e-4, k

@@ -368,14 +368,14 @@ def _softplus2(x):
 @triton.jit
 def scan_fwd_t4_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
-    y_ptr, states_ptr, last_ptr,
-    dim, seqlen, dstate, per_group, nchunks,
+    y_ptr, states_ptr, last_ptr, hsum_ptr, ssum_ptr,
+    dim, seqlen, dstate, per_group, nchunks, cpp,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     s_yb, s_yd, s_yl,
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, SAVE_EVERY: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr,
+    HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr, SUMMARY: tl.constexpr, GROUPED: tl.constexpr,
 ):
     """Forward with 4-D tiles [BL, NQ, BD, NR] (state n = q * NR + r) and a sequential recurrence.
 
@@ -386,10 +386,19 @@ def scan_fwd_t4_kernel(
     solved by an unrolled loop over its BL steps (h = a_t * h + b_t, one FFMA per element; the scan
     of v1-v3 spent 3), y's sum over n is NR-1 in-thread FMAs and log2(NQ) shuffles per step, and the
     chunk's last state is a register, not a reduction. With SAVE_STATES the state is stored every
-    SAVE_EVERY chunks (every SAVE_EVERY * BL steps), for the backward."""
+    SAVE_EVERY chunks (every SAVE_EVERY * BL steps), for the backward.
+
+    Chunk-parallel mode (few programs, e.g. batch 1 at 256K): grid axis 2 splits the sequence into
+    groups of ``cpp`` chunks. Pass 1 (SUMMARY) runs each group from a zero state and stores its end
+    state to hsum [G, batch, dim, dstate] and its sum of delta (after softplus) to ssum [G, batch,
+    dim]: the group's decay is exp2(A2 * sum). Pass 2 (GROUPED) folds the earlier groups' summaries
+    into its start state, h = exp2(A2 * s_j) * h + hend_j for j < g, then runs as usual; only the
+    last group stores the last state."""
     NQ: tl.constexpr = NP // NR
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    pid_g = tl.program_id(2)
+    nb = tl.num_programs(1)
     d0 = pid_d * BD
     offs_d = d0 + tl.arange(0, BD)
     mask_d = offs_d < dim
@@ -417,16 +426,21 @@ def scan_fwd_t4_kernel(
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     row4 = (pid_b * dim + d4) * dstate + n4
-    if HAS_INIT:
+    h = tl.zeros((1, NQ, BD, NR), tl.float32)
+    if HAS_INIT and not SUMMARY:
         h = tl.load(init_ptr + row4, mask=mask_dn4, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((1, NQ, BD, NR), tl.float32)
+    if GROUPED:
+        for j in range(pid_g):
+            sj = tl.load(ssum_ptr + (j * nb + pid_b) * dim + d4, mask=mask_d[None, None, :, None], other=0.0)
+            hj = tl.load(hsum_ptr + j * nb * dim * dstate + row4, mask=mask_dn4, other=0.0)
+            h = tl.exp2(A2 * sj) * h + hj
     nsaved = (nchunks + SAVE_EVERY - 1) // SAVE_EVERY
     st_base = states_ptr + (pid_b * dim + d4) * nsaved * dstate + n4
     l4 = offs_l[:, None, None, None]
     nz = tl.zeros((BL, NQ, BD, NR), tl.float32) * -1.0
+    dsum = tl.zeros((BD,), tl.float32)
 
-    for c in range(nchunks):
+    for c in range(pid_g * cpp, tl.minimum(pid_g * cpp + cpp, nchunks)):
         t = c * BL + offs_l
         mask_t = t < seqlen
         t64 = t.to(tl.int64)
@@ -442,22 +456,32 @@ def scan_fwd_t4_kernel(
         dl = tl.where(m2, dl, 0.0)
         mnt = mask_t[:, None, None] & mask_n3
         Bt = tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0).to(tl.float32)   # [BL, NQ, NR]
-        Ct = tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
         a = tl.exp2(dl[:, None, :, None] * A2)                            # [BL, NQ, BD, NR]
         bx = (dl * u)[:, None, :, None] * Bt[:, :, None, :]
-        hs = tl.zeros((BL, NQ, BD, NR), tl.float32)
-        for s in tl.static_range(BL):
-            sel = l4 == s
-            h = _take(a, sel, nz) * h + _take(bx, sel, nz)
-            hs = tl.where(sel, h, hs)
-        y = tl.sum(tl.sum(hs * Ct[:, :, None, :], axis=3), axis=1)       # [BL, BD]
-        if HAS_D:
-            y = y + Dv[None, :] * u
-        if HAS_Z:
-            zt = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
-            y = y * zt * tl.sigmoid(zt)
-        tl.store(y_base + t64[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
-    tl.store(last_ptr + row4, h, mask=mask_dn4)
+        if SUMMARY:
+            dsum += tl.sum(dl, axis=0)
+            for s in tl.static_range(BL):
+                sel = l4 == s
+                h = _take(a, sel, nz) * h + _take(bx, sel, nz)
+        else:
+            Ct = tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
+            hs = tl.zeros((BL, NQ, BD, NR), tl.float32)
+            for s in tl.static_range(BL):
+                sel = l4 == s
+                h = _take(a, sel, nz) * h + _take(bx, sel, nz)
+                hs = tl.where(sel, h, hs)
+            y = tl.sum(tl.sum(hs * Ct[:, :, None, :], axis=3), axis=1)       # [BL, BD]
+            if HAS_D:
+                y = y + Dv[None, :] * u
+            if HAS_Z:
+                zt = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
+                y = y * zt * tl.sigmoid(zt)
+            tl.store(y_base + t64[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
+    if SUMMARY:
+        tl.store(hsum_ptr + pid_g * nb * dim * dstate + row4, h, mask=mask_dn4)
+        tl.store(ssum_ptr + (pid_g * nb + pid_b) * dim + d64, dsum, mask=mask_d)
+    elif pid_g == tl.num_programs(2) - 1:
+        tl.store(last_ptr + row4, h, mask=mask_dn4)
 
 
 @triton.jit

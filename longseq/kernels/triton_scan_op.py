@@ -64,13 +64,11 @@ def _candidates(dim, groups, cfgs, kind):
 # stays for batch 1 at long lengths, where t4's (dim / BD) programs are too few to fill the chip.
 # The backward is fastest channel-major (its time-major version spills). The tuner times them per
 # shape on first use; with LONGSEQ_AUTOTUNE=0 the first valid one is used.
-FWD_CFGS = [("t4", 32, 8, 4), ("t4", 32, 16, 4), ("t4", 16, 16, 2), ("t4", 32, 8, 2), ("t4", 8, 16, 1),
-            ("t4", 4, 16, 1), ("tm", 8, 32, 4), ("tm", 4, 64, 4), ("tm", 2, 32, 4), ("cm", 2, 32, 4)]
-FWD_TRAIN_CFGS = [("t4", 32, 8, 4), ("t4", 32, 16, 4), ("t4", 16, 16, 2), ("t4", 32, 8, 2), ("t4", 8, 16, 1),
-                  ("t4", 4, 16, 1), ("tm", 8, SAVE_CHUNK, 4), ("tm", 2, SAVE_CHUNK, 4), ("cm", 2, SAVE_CHUNK, 4)]
-BWD_CFGS = [("cm", 4, 64, 4), ("cm", 2, 64, 4), ("tm", 8, 32, 4), ("tm", 4, 32, 4), ("tm", 16, 32, 4),
-            ("tm", 4, 64, 4)]
-
+FWD_CFGS = [("t4", 32, 16, 4), ("t4", 16, 16, 2), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
+            ("tm", 4, 64, 4), ("tm", 2, 32, 4)]
+FWD_TRAIN_CFGS = [("t4", 16, 16, 2), ("t4", 32, 16, 4), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
+                  ("tm", 4, SAVE_CHUNK, 4), ("tm", 2, SAVE_CHUNK, 4)]
+BWD_CFGS = [("cm", 4, 64, 4), ("cm", 2, 64, 4), ("cm", 4, 64, 8), ("tm", 8, 32, 4), ("tm", 4, 32, 4)]
 
 def deterministic() -> bool:
     return torch.are_deterministic_algorithms_enabled() or os.environ.get("LONGSEQ_DETERMINISTIC") == "1"
@@ -109,29 +107,43 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
         variant, bd, bl, warps = cfg
         kernel = {"tm": scan_fwd_tm_kernel, "t4": scan_fwd_t4_kernel}.get(variant, scan_fwd_kernel)
         nchunks = triton_cdiv(seqlen, bl)
-        extra = {}
-        if variant == "t4":
-            # t4 saves the state every SAVE_CHUNK steps whatever its chunk (BL must divide SAVE_CHUNK)
-            extra = dict(NR=min(4, NP), SAVE_EVERY=max(1, SAVE_CHUNK // bl) if save_states else 1)
+        grid = (triton_cdiv(dim, bd), batch)
+        args_in = (u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+                   delta_bias if delta_bias is not None else dummy,
+                   initial_state if initial_state is not None else dummy)
+        strides = (*_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
+                   *_strides_bc(B, groups), *_strides_bc(C, groups), *_strides3(y))
+        flags = dict(BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                     SOFTPLUS=bool(softplus), HAS_INIT=initial_state is not None, num_warps=warps)
+        save_every = max(1, SAVE_CHUNK // bl) if (save_states and variant == "t4") else 1
         if save_states:
-            nsaved = triton_cdiv(nchunks, extra.get("SAVE_EVERY", 1))
+            # t4 saves the state every SAVE_CHUNK steps whatever its chunk (BL divides SAVE_CHUNK)
+            nsaved = triton_cdiv(nchunks, save_every)
             states = states_holder.get(nsaved)
             if states is None:
                 states = torch.empty((batch, dim, nsaved, dstate), device=dev, dtype=torch.float32)
                 states_holder[nsaved] = states
         else:
             states = last
-        COMPILED["scan_fwd" + ("_train" if save_states else "")] = kernel[(triton_cdiv(dim, bd), batch)](
-            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, initial_state if initial_state is not None else dummy,
-            y, states, last,
-            dim, seqlen, dstate, per, nchunks,
-            *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
-            *_strides_bc(B, groups), *_strides_bc(C, groups), *_strides3(y),
-            BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(softplus), HAS_INIT=initial_state is not None, SAVE_STATES=save_states,
-            num_warps=warps, **extra,
-        )
+        name = "scan_fwd" + ("_train" if save_states else "")
+        if variant != "t4":
+            COMPILED[name] = kernel[grid](*args_in, y, states, last, dim, seqlen, dstate, per, nchunks, *strides,
+                                          SAVE_STATES=save_states, **flags)
+            return states
+        G = _n_groups(batch * grid[0], nchunks, dev)
+        cpp = triton_cdiv(triton_cdiv(nchunks, G), save_every) * save_every   # group edges on saved states
+        G = triton_cdiv(nchunks, cpp)
+        t4 = dict(NR=min(4, NP), SAVE_EVERY=save_every, SAVE_STATES=save_states, **flags)
+        hsum = ssum = last
+        if G > 1:
+            hsum = torch.empty((G, batch, dim, dstate), device=dev, dtype=torch.float32)
+            ssum = torch.empty((G, batch, dim), device=dev, dtype=torch.float32)
+            COMPILED[name + "_pass1"] = kernel[grid + (G,)](
+                *args_in, y, states, last, hsum, ssum, dim, seqlen, dstate, per, nchunks, cpp, *strides,
+                SUMMARY=True, GROUPED=False, **dict(t4, SAVE_STATES=False))
+        COMPILED[name] = kernel[grid + (G,)](
+            *args_in, y, states, last, hsum, ssum, dim, seqlen, dstate, per, nchunks, cpp, *strides,
+            SUMMARY=False, GROUPED=G > 1, **t4)
         return states
 
     key = (batch, dim, _bucket(seqlen), dstate, groups, str(u.dtype), D is not None, z is not None,
@@ -139,6 +151,23 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
     cfg = triton_tune.pick("scan_fwd", key, cands, run, u)
     states = run(cfg)
     return y, last, (states if save_states else None)
+
+
+def _n_groups(programs: int, nchunks: int, dev) -> int:
+    """Sequence groups for the chunk-parallel t4 forward: 1 when (dim / BD) * batch programs fill the
+    chip, else enough groups for ~3 programs per SM, each group at least MIN_GROUP_CHUNKS chunks
+    long (pass 1 re-reads u, delta and B, so short sequences are better off in one pass).
+    $LONGSEQ_SCAN_GROUPS forces the count (tests)."""
+    forced = os.environ.get("LONGSEQ_SCAN_GROUPS")
+    if forced:
+        return max(1, min(int(forced), nchunks))
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 132
+    if programs >= 2 * sms:
+        return 1
+    return max(1, min(triton_cdiv(3 * sms, programs), nchunks // MIN_GROUP_CHUNKS))
+
+
+MIN_GROUP_CHUNKS = 256
 
 
 def _bucket(n: int) -> int:
