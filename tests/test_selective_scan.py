@@ -1,4 +1,6 @@
-"""selective_scan (fast CPU path) and selective_scan_ref against an independent float64 recurrence."""
+"""selective_scan (on CPU: the compiled numba path), selective_scan_chunked (the pure-PyTorch path
+for non-CPU devices) and selective_scan_ref against an independent float64 recurrence.
+More tests of the compiled path: tests/test_cpu_scan.py."""
 import itertools
 
 import pytest
@@ -70,7 +72,7 @@ def test_scan_matches_float64_recurrence(batch, dim, dstate, seqlen, grouped, op
     groups = ({1: 1, 5: 5, 64: 4}[dim]) if grouped else None
     kw = make_inputs(batch, dim, dstate, seqlen, groups, options)
     y_true, h_true = recurrence64(**kw)
-    for fn in (selective_scan, selective_scan_ref):
+    for fn in (selective_scan, selective_scan_chunked, selective_scan_ref):
         y, h = fn(**kw, return_last_state=True)
         assert y.dtype == torch.float32 and h.dtype == torch.float32
         assert y.shape == (batch, dim, seqlen) and h.shape == (batch, dim, dstate)
@@ -93,9 +95,10 @@ def test_large_decays_stay_finite():
     kw["delta"] = kw["delta"] + 5.0
     kw["A"] = kw["A"] * 40
     y_true, h_true = recurrence64(**kw)
-    y, h = selective_scan(**kw, return_last_state=True)
-    assert torch.isfinite(y).all()
-    assert rel(y, y_true) < 1e-5 and rel(h, h_true) < 1e-5
+    for fn in (selective_scan, selective_scan_chunked):
+        y, h = fn(**kw, return_last_state=True)
+        assert torch.isfinite(y).all()
+        assert rel(y, y_true) < 1e-5 and rel(h, h_true) < 1e-5, fn.__name__
 
 
 @pytest.mark.parametrize("fn", [selective_scan, selective_scan_ref])
@@ -133,7 +136,7 @@ def test_gradcheck_float64(grouped, impl):
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-def test_chunked_gradients_equal_reference_gradients_float32():
+def test_default_cpu_gradients_equal_reference_gradients_float32():
     kw = make_inputs(2, 16, 8, 300, None, ALL, seed=1)
     names = [n for n in GRAD_NAMES if kw[n] is not None]
     grads = []
