@@ -169,6 +169,18 @@ def _sigmoid(x):
     return 1.0 / (1.0 + _exp(-x))
 
 
+@numba.njit(inline="always")
+def _task_channels(task, nblk, G, per, bs):
+    """Task -> (batch row, group, channel block, first channel, channel count): tasks run over
+    (batch, group, channel block), each block ``bs`` channels of its group (the last one shorter
+    or empty)."""
+    blk = task % nblk
+    g = (task // nblk) % G
+    b = task // (nblk * G)
+    d0 = g * per + blk * bs
+    return b, g, blk, d0, max(min(d0 + bs, (g + 1) * per) - d0, 0)
+
+
 @_jit(parallel=True, fastmath=_FASTMATH, error_model="numpy")
 def _forward_kernel(u, delta, A, B, C, Dv, bias, z, h0, softplus, has_z, K, nblk, save, y, hlast, ckpt):
     """u, delta, z, y: (batch, dim, L); A: (dim, N); B, C: (batch, G, N, L); Dv, bias: (dim,);
@@ -180,12 +192,7 @@ def _forward_kernel(u, delta, A, B, C, Dv, bias, z, h0, softplus, has_z, K, nblk
     bs = (per + nblk - 1) // nblk
     ntiles = (L + K - 1) // K
     for task in prange(batch * G * nblk):
-        blk = task % nblk
-        g = (task // nblk) % G
-        b = task // (nblk * G)
-        d0 = g * per + blk * bs
-        d1 = min(d0 + bs, (g + 1) * per)
-        nd = max(d1 - d0, 0)
+        b, g, blk, d0, nd = _task_channels(task, nblk, G, per, bs)
         h = np.empty((nd, N))
         for i in range(nd):
             for n in range(N):
@@ -253,12 +260,7 @@ def _backward_kernel(u, delta, A, B, C, Dv, bias, z, softplus, has_z, K, nblk, c
     bs = (per + nblk - 1) // nblk
     ntiles = (L + K - 1) // K
     for task in prange(batch * G * nblk):
-        blk = task % nblk
-        g = (task // nblk) % G
-        b = task // (nblk * G)
-        d0 = g * per + blk * bs
-        d1 = min(d0 + bs, (g + 1) * per)
-        nd = max(d1 - d0, 0)
+        b, g, blk, d0, nd = _task_channels(task, nblk, G, per, bs)
         carry = np.empty((nd, N))     # dL/dh_t from the steps after t, per channel
         dAacc = np.zeros((nd, N))
         dDacc = np.zeros(nd)
