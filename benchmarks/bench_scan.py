@@ -103,6 +103,7 @@ def main():
     ap.add_argument("--out", default="scan-bench.json")
     ap.add_argument("--mamba-wait", type=float, default=240)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--shapes", default="", help="comma-separated BxDxL (default: all of SHAPES)")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     props = torch.cuda.get_device_properties(0)
@@ -113,6 +114,8 @@ def main():
     print(f"device {props.name}; copy bandwidth {bw:.0f} GB/s (read+write)", flush=True)
     gen = torch.Generator(device=DEV).manual_seed(0)
     shapes = SHAPES[:2] if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     for dtype in (torch.bfloat16, torch.float32):
         es = torch.finfo(dtype).bits // 8
         for (b, d, L) in shapes:

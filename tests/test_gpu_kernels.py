@@ -129,6 +129,58 @@ def test_scan_64bit_offsets_past_2_31_elements():
             assert rel(y[:, sl], yr) < 1e-2 and rel(last[:, sl], lr) < 1e-4
 
 
+def _bwd_cfgs():
+    from longseq.kernels import triton_scan_op as op
+    return [":".join(str(x) for x in c) for c in op.BWD_CFGS]
+
+
+@pytest.mark.parametrize("groups", [None, 2], ids=["plain", "grouped"])
+@pytest.mark.parametrize("cfg", _bwd_cfgs())
+def test_scan_every_backward_candidate_vs_float64(monkeypatch, cfg, groups):
+    """Each backward configuration the tuner may pick (fp32, float64 reference, NaN-poisoned outputs)."""
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", cfg)
+    gen = torch.Generator(device=DEV).manual_seed(5)
+    t = scan_inputs(2, 64, 1000, 16, groups, torch.float32, gen)
+    xs = {k: v.clone().requires_grad_() for k, v in t.items()}
+    xr = {k: v.double().requires_grad_() for k, v in t.items()}
+    y, last = call(T().selective_scan, xs)
+    yr, lr = call(R.selective_scan_ref, xr)
+    gy = torch.randn(y.shape, generator=gen, device=DEV)
+    gl = torch.randn(last.shape, generator=gen, device=DEV)
+    poison_allocator()
+    ((y * gy).sum() + (last * gl).sum()).backward()
+    ((yr * gy.double()).sum() + (lr * gl.double()).sum()).backward()
+    for k in ARGS:
+        assert torch.isfinite(xs[k].grad).all(), k
+        assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
+
+
+def test_scan_backward_64bit_offsets_past_2_31_elements():
+    # batch*dim*seqlen = 2^31 + 2^21: the backward's per-channel gradients of the first and last channels
+    L = 1 << 20
+    dim = 2050
+    gen = torch.Generator(device=DEV).manual_seed(3)
+    u = torch.randn(1, dim, L, device=DEV, dtype=torch.bfloat16, generator=gen).requires_grad_()
+    delta = (torch.rand(1, dim, L, device=DEV, generator=gen) * 0.1).to(torch.bfloat16).requires_grad_()
+    B = torch.randn(1, 16, L, device=DEV, generator=gen).to(torch.bfloat16)
+    C = torch.randn(1, 16, L, device=DEV, generator=gen).to(torch.bfloat16)
+    A = (-torch.rand(dim, 16, device=DEV, generator=gen) - 0.1).requires_grad_()
+    y = T().selective_scan(u, delta, A, B, C)
+    gy = torch.randn(1, 4, L, device=DEV, generator=gen).to(torch.bfloat16)
+    dy = torch.zeros_like(y)
+    dy[:, :2], dy[:, -2:] = gy[:, :2], gy[:, 2:]
+    y.backward(dy)
+    del y, dy
+    for i, sl in enumerate((slice(0, 2), slice(dim - 2, dim))):
+        us = u.detach()[:, sl].float().requires_grad_()
+        ds = delta.detach()[:, sl].float().requires_grad_()
+        As = A.detach()[sl].clone().requires_grad_()
+        yr = R.selective_scan_chunked(us, ds, As, B.float(), C.float())
+        yr.backward(gy[:, 2 * i:2 * i + 2].float())
+        assert rel(u.grad[:, sl], us.grad) < 1e-2 and rel(delta.grad[:, sl], ds.grad) < 1e-2
+        assert rel(A.grad[sl], As.grad) < 1e-2
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("with_init", [False, True])
 def test_causal_conv1d_gpu(dtype, tol, with_init):

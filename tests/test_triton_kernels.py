@@ -191,12 +191,11 @@ def test_dispatch_routes_to_triton_under_interpreter():
     assert rel(y_t, y_r) < 1e-5
 
 
-@pytest.mark.parametrize("fwd_variant,bwd_variant", [("cm", "cm"), ("tm", "tm"), ("t4", "cm"), ("t4", "tm")])
-def test_selective_scan_kernel_variants(monkeypatch, fwd_variant, bwd_variant):
-    """Every tile layout of the forward and backward kernels (the GPU tuner may pick any). The t4
-    training forward runs 8-step chunks here and saves every fourth state for the backward."""
+@pytest.mark.parametrize("fwd_variant", ["cm", "tm", "t4"])
+def test_selective_scan_kernel_variants(monkeypatch, fwd_variant):
+    """Every tile layout of the forward kernel (the GPU tuner may pick any) feeding the backward. The
+    t4 training forward runs 8-step chunks here and saves every fourth state for the backward."""
     monkeypatch.setenv("LONGSEQ_SCAN_FWD_VARIANT", fwd_variant)
-    monkeypatch.setenv("LONGSEQ_SCAN_BWD_VARIANT", bwd_variant)
     gen = torch.Generator().manual_seed(11)
     t = scan_inputs(2, 5, 70, 16, None, gen)
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
@@ -213,9 +212,9 @@ def test_selective_scan_kernel_variants(monkeypatch, fwd_variant, bwd_variant):
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, k
 
 
-@pytest.mark.parametrize("bwd_cfg", ["cm:4:64:4", "tm:4:64:4"])
-def test_selective_scan_backward_chunk_longer_than_saved_chunk(monkeypatch, bwd_cfg):
-    """Backward chunks of 64 steps reading every second state saved by a 32-step forward."""
+@pytest.mark.parametrize("bwd_cfg", ["t4:4:32:4", "t4:4:16:4", "t4:4:4:4"])
+def test_selective_scan_backward_sub_chunks(monkeypatch, bwd_cfg):
+    """The backward's 32-step windows (between saved states) as 1, 2 or 8 sub-chunks."""
     monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", bwd_cfg)
     gen = torch.Generator().manual_seed(12)
     t = scan_inputs(1, 5, 150, 16, None, gen)
@@ -228,6 +227,16 @@ def test_selective_scan_backward_chunk_longer_than_saved_chunk(monkeypatch, bwd_
     sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
     for k in xs:
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, k
+
+
+def test_selective_scan_backward_rejects_bad_config(monkeypatch):
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", "t4:4:64:4")
+    gen = torch.Generator().manual_seed(0)
+    t = scan_inputs(1, 4, 8, 4, None, gen)
+    u = t["u"].clone().requires_grad_()
+    y = T().selective_scan(u, t["delta"], t["A"], t["B"], t["C"])
+    with pytest.raises(ValueError, match="BL dividing"):
+        y.sum().backward()
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -251,3 +260,52 @@ def test_selective_scan_chunk_parallel_forward(monkeypatch, train):
         sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
         for k in xs:
             assert rel(xs[k].grad, xr[k].grad) < 1e-4, k
+
+
+T4_SHAPES = [(2, 1, 1, 3, None), (2, 5, 17, 4, None), (1, 40, 17, 16, 4), (1, 5, 300, 16, None),
+             (2, 5, 64, 16, 5)]
+
+
+@pytest.mark.parametrize("bl", [8, 32])
+@pytest.mark.parametrize("flags", [FULL, NONE, dict(FULL, z=False, last=False), dict(NONE, D=True, softplus=True, last=True),
+                                   dict(NONE, delta_bias=True, softplus=True, initial_state=True, z=True)],
+                         ids=["full", "none", "no-z", "D-softplus-last", "bias-softplus-init-z"])
+@pytest.mark.parametrize("batch,dim,seqlen,dstate,groups", T4_SHAPES,
+                         ids=["L1-d1", "L17-d5", "L17-d40-g4", "L300-d5", "L64-d5-g5"])
+def test_selective_scan_t4_backward(monkeypatch, batch, dim, seqlen, dstate, groups, flags, bl):
+    """The t4 backward (v5: 32-step windows of BL-step sub-chunks, unrolled recurrences) against the
+    float64 reference: awkward lengths (1, 17, 64, 300), dims (1, 5, 40), states (3, 4, 16), grouped
+    B/C (per-group dim 10 and 1) and each option on and off; every gradient, the initial state's and
+    dL/dlast's paths included (softplus off only where delta stays small: without it a negative delta
+    makes exp(delta A) > 1 and the float64 reference itself grows to ~1e68 over 300 steps)."""
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", f"t4:4:{bl}:4")
+    gen = torch.Generator().manual_seed(seqlen * 100 + dim + bl)
+    t = scan_inputs(batch, dim, seqlen, dstate, groups, gen)
+    names = ["u", "delta", "A", "B", "C"] + [k for k in ("D", "z", "delta_bias", "initial_state") if flags[k]]
+    xs = {k: v.clone().requires_grad_(k in names) for k, v in t.items()}
+    xr = {k: v.double().requires_grad_(k in names) for k, v in t.items()}
+    out = run_scan(T().selective_scan, xs, flags)
+    ref = run_scan(R.selective_scan_ref, xr, flags)
+    grads = [torch.randn(o.shape, generator=gen) for o in out]
+    sum((o * g).sum() for o, g in zip(out, grads)).backward()
+    sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
+    for k in names:
+        assert xs[k].grad is not None and xs[k].grad.shape == t[k].shape, k
+        assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_selective_scan_backward_deterministic_matches_atomic_grouped(monkeypatch, groups):
+    """Per-program dB/dC stores summed afterwards (deterministic) equal the atomics."""
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", "t4:4:8:4")
+    gen = torch.Generator().manual_seed(17)
+    t = scan_inputs(1, 40, 45, 16, groups, gen)
+    grads = []
+    for det in ("0", "1"):
+        monkeypatch.setenv("LONGSEQ_DETERMINISTIC", det)
+        xs = {k: v.clone().requires_grad_() for k, v in t.items()}
+        y, last = run_scan(T().selective_scan, xs, FULL)
+        (y.square().sum() + last.sum()).backward()
+        grads.append([xs[k].grad for k in xs])
+    for a, b in zip(*grads):
+        assert rel(a, b) < 1e-6

@@ -7,10 +7,14 @@ its channels), forms the [BD, N, BL] recurrence coefficients in registers, solve
 size (batch, dim, seqlen, dstate) ever reaches device memory; with ``SAVE_STATES`` the state at the
 start of every chunk (N floats per BL steps per channel) is stored for the backward pass.
 
-The backward walks the chunks in reverse: it reloads the chunk's start state, recomputes the chunk's
-states with the same forward scan, and runs a reverse associative scan for dL/dh, carrying dL/dh
-across chunks in registers. dB and dC are reduced over the program's channels before one atomic add
-per (n, t) (or, in deterministic mode, stored per program and summed afterwards).
+Forward variants: ``cm`` (that layout), ``tm`` (time-major tiles [BL, BD, N]) and ``t4`` (4-D tiles
+[BL, NQ, BD, NR] with an unrolled per-thread recurrence instead of the scan; docs/kernel_notes.md v4).
+
+The backward (``scan_bwd_t4_kernel``, v5) uses the t4 tiles: it walks the windows between saved
+states in reverse, recomputes each sub-chunk's states with the unrolled forward recurrence and runs
+the reverse recurrence for dL/dh over the same registers, carrying dL/dh (and the next step's decay)
+across sub-chunks. dB and dC are reduced over the program's channels before one atomic add per
+(n, t) (or, in deterministic mode, stored per program and summed afterwards).
 
 All arithmetic is float32; ``exp2`` with A pre-scaled by log2(e). Offsets that can exceed 2^31
 (batch, channel and time offsets) are computed in int64.
@@ -122,145 +126,6 @@ def scan_fwd_kernel(
             y = y * zt * tl.sigmoid(zt)
         tl.store(y_base + t64[None, :] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
     tl.store(last_ptr + row, h, mask=mask_dn)
-
-
-@triton.jit
-def scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dinit_ptr,
-    dim, seqlen, dstate, per_group, nchunks, nsaved, every,
-    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
-    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
-    s_ob, s_od, s_ol,
-    s_dub, s_dud, s_dul, s_ddb, s_ddd, s_ddl, s_dzb, s_dzd, s_dzl,
-    s_gb, s_gk, s_gn, s_gl,
-    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DLAST: tl.constexpr, DETERMINISTIC: tl.constexpr,
-):
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    d0 = pid_d * BD
-    offs_d = d0 + tl.arange(0, BD)
-    mask_d = offs_d < dim
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < dstate
-    offs_l = tl.arange(0, BL)
-    d64 = offs_d.to(tl.int64)
-    n64 = offs_n.to(tl.int64)
-    g64 = (d0 // per_group).to(tl.int64)
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-
-    u_base = u_ptr + pid_b * s_ub + d64[:, None] * s_ud
-    dl_base = delta_ptr + pid_b * s_db + d64[:, None] * s_dd
-    z_base = z_ptr + pid_b * s_zb + d64[:, None] * s_zd
-    o_base = dout_ptr + pid_b * s_ob + d64[:, None] * s_od
-    du_base = du_ptr + pid_b * s_dub + d64[:, None] * s_dud
-    ddl_base = ddelta_ptr + pid_b * s_ddb + d64[:, None] * s_ddd
-    dz_base = dz_ptr + pid_b * s_dzb + d64[:, None] * s_dzd
-    B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n64[:, None] * s_Bn
-    C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n64[:, None] * s_Cn
-    # dB/dC accumulators: (batch, K, dstate, seqlen) with K = groups (atomics) or programs (deterministic)
-    if DETERMINISTIC:
-        k64 = pid_d.to(tl.int64)
-    else:
-        k64 = g64
-    gB_base = dB_ptr + pid_b * s_gb + k64 * s_gk + n64[:, None] * s_gn
-    gC_base = dC_ptr + pid_b * s_gb + k64 * s_gk + n64[:, None] * s_gn
-
-    A = tl.load(A_ptr + d64[:, None] * dstate + n64[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    row = (pid_b * dim + d64)[:, None] * dstate + n64[None, :]
-    st_base = states_ptr + ((pid_b * dim + d64)[:, None] * nsaved) * dstate + n64[None, :]
-    if HAS_DLAST:
-        dlast = tl.load(dlast_ptr + row, mask=mask_dn, other=0.0).to(tl.float32)
-
-    carry = tl.zeros((BD, NP), tl.float32)     # dL/dh at the first step of the later chunk
-    dA_acc = tl.zeros((BD, NP), tl.float32)
-    dD_acc = tl.zeros((BD,), tl.float32)
-    db_acc = tl.zeros((BD,), tl.float32)
-    for i in range(nchunks):
-        c = nchunks - 1 - i
-        t = c * BL + offs_l
-        mask_t = t < seqlen
-        mask_t1 = (t + 1) < seqlen
-        t64 = t.to(tl.int64)
-        m2 = mask_d[:, None] & mask_t[None, :]
-        m21 = mask_d[:, None] & mask_t1[None, :]
-        mnt = mask_n[:, None] & mask_t[None, :]
-        u = tl.load(u_base + t64[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
-        pre, dl = _load_delta(dl_base + t64[None, :] * s_dl, m2, bias, HAS_BIAS, SOFTPLUS)
-        dl = tl.where(m2, dl, 0.0)
-        _, dln = _load_delta(dl_base + (t64 + 1)[None, :] * s_dl, m21, bias, HAS_BIAS, SOFTPLUS)
-        Bt = tl.load(B_base + t64[None, :] * s_Bl, mask=mnt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + t64[None, :] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
-        dout = tl.load(o_base + t64[None, :] * s_ol, mask=m2, other=0.0).to(tl.float32)
-        h0 = tl.load(st_base + (c * every) * dstate, mask=mask_dn, other=0.0)
-
-        # recompute the chunk's states
-        a = tl.exp2(dl[:, None, :] * A2[:, :, None])
-        bx = (dl * u)[:, None, :] * Bt[None, :, :]
-        pa, pb = tl.associative_scan((a, bx), axis=2, combine_fn=_combine)
-        hs = pb + pa * h0[:, :, None]
-        if HAS_Z:
-            zt = tl.load(z_base + t64[None, :] * s_zl, mask=m2, other=0.0).to(tl.float32)
-            yv = tl.sum(hs * Ct[None, :, :], axis=1)
-            if HAS_D:
-                yv = yv + Dv[:, None] * u
-            sz = tl.sigmoid(zt)
-            dzt = dout * yv * sz * (1.0 + zt * (1.0 - sz))
-            tl.store(dz_base + t64[None, :] * s_dzl, dzt.to(dz_ptr.dtype.element_ty), mask=m2)
-            dy = dout * zt * sz
-        else:
-            dy = dout
-        # reverse scan: dh_t = dy_t C_t + a_{t+1} dh_{t+1}
-        x = dy[:, None, :] * Ct[None, :, :]
-        if HAS_DLAST:
-            x = x + tl.where((t == seqlen - 1)[None, None, :], dlast[:, :, None], 0.0)
-        alpha = tl.where(mask_t1[None, None, :], tl.exp2(dln[:, None, :] * A2[:, :, None]), 0.0)
-        ra, rb = tl.associative_scan((alpha, x), axis=2, combine_fn=_combine, reverse=True)
-        dh = rb + ra * carry[:, :, None]
-        carry = tl.sum(tl.where(offs_l[None, None, :] == 0, dh, 0.0), axis=2)
-
-        hb = hs - bx                       # = a_t * h_{t-1}
-        dhhb = dh * hb
-        dA_acc += tl.sum(dhhb * dl[:, None, :], axis=2)
-        dhB = tl.sum(dh * Bt[None, :, :], axis=1)          # [BD, BL]
-        ddl = tl.sum(dhhb * A[:, :, None], axis=1) + u * dhB
-        dut = dl * dhB
-        if HAS_D:
-            dut = dut + dy * Dv[:, None]
-            dD_acc += tl.sum(dy * u, axis=1)
-        if SOFTPLUS:
-            ddl = ddl * tl.sigmoid(pre)
-        ddl = tl.where(m2, ddl, 0.0)
-        db_acc += tl.sum(ddl, axis=1)
-        tl.store(du_base + t64[None, :] * s_dul, dut.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddl_base + t64[None, :] * s_ddl, ddl.to(ddelta_ptr.dtype.element_ty), mask=m2)
-
-        gB = tl.sum(dh * (dl * u)[:, None, :], axis=0)     # [NP, BL], reduced over the channels
-        gC = tl.sum(dy[:, None, :] * hs, axis=0)
-        if DETERMINISTIC:
-            tl.store(gB_base + t64[None, :] * s_gl, gB, mask=mnt)
-            tl.store(gC_base + t64[None, :] * s_gl, gC, mask=mnt)
-        else:
-            tl.atomic_add(gB_base + t64[None, :] * s_gl, gB, mask=mnt, sem="relaxed")
-            tl.atomic_add(gC_base + t64[None, :] * s_gl, gC, mask=mnt, sem="relaxed")
-
-    # dL/dh_{-1} = a_0 * dh_0
-    _, dl0 = _load_delta(dl_base + tl.zeros((1,), tl.int64)[None, :], mask_d[:, None], bias, HAS_BIAS, SOFTPLUS)
-    a0 = tl.exp2(tl.sum(dl0, axis=1)[:, None] * A2)
-    tl.store(dinit_ptr + row, carry * a0, mask=mask_dn)
-    tl.store(dA_ptr + row, dA_acc, mask=mask_dn)
-    rowd = pid_b * dim + d64
-    tl.store(dD_ptr + rowd, dD_acc, mask=mask_d)
-    tl.store(dbias_ptr + rowd, db_acc, mask=mask_d)
 
 
 @triton.jit
@@ -485,45 +350,48 @@ def scan_fwd_t4_kernel(
 
 
 @triton.jit
-def _load_delta_tm(ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Raw delta tile [BL, BD] -> (after bias, after softplus), float32."""
-    pre = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        pre = pre + bias[None, :]
-    if SOFTPLUS:
-        post = _softplus(pre)
-    else:
-        post = pre
-    return pre, post
-
-
-@triton.jit
-def scan_bwd_tm_kernel(
+def scan_bwd_t4_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dinit_ptr,
-    dim, seqlen, dstate, per_group, nchunks, nsaved, every,
+    dim, seqlen, dstate, per_group, nsaved,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     s_ob, s_od, s_ol,
     s_dub, s_dud, s_dul, s_ddb, s_ddd, s_ddl, s_dzb, s_dzd, s_dzl,
     s_gb, s_gk, s_gn, s_gl,
-    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
+    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, WIN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DLAST: tl.constexpr, DETERMINISTIC: tl.constexpr,
 ):
-    """scan_bwd_kernel with time-major tiles [BL, BD, N] (scans along axis 0); same outputs."""
+    """Backward with the t4 forward's tiles [BL, NQ, BD, NR] and unrolled per-thread recurrences (v5).
+
+    The training forward saved the state every WIN steps (nsaved windows). Windows are walked in
+    reverse; a window of WIN steps is SUB = WIN // BL sub-chunks of BL steps (all unrolled). Pass A
+    runs the window's first SUB - 1 sub-chunks forward from the saved state and keeps each
+    sub-chunk's start state in registers ([SUB, NQ, BD, NR], picked like a step of a chunk). Pass B
+    walks the sub-chunks in reverse: it recomputes the sub-chunk's states from its start state
+    (h = a_t h + b_t, one FFMA per element, kept as the tile hs), then runs the reverse recurrence
+    dh_t = dy_t C_t + a_{t+1} dh_{t+1} over the same steps, taking a_{t+1} from the same a tile;
+    the later sub-chunk's first a and dh are carried in registers (no shifted exp, no second
+    delta load). dL/dlast enters as the carry at the padded end (padded steps have a = 1 and no
+    input, so it reaches step seqlen - 1 unchanged); dL/dh_{-1} = a_0 dh_0 is the final carry.
+    Per-channel sums (du, ddelta, dz, dD, dA, ddelta_bias) stay in the program; dB and dC are
+    reduced over its channels and added atomically (or stored per program in deterministic mode)."""
+    NQ: tl.constexpr = NP // NR
+    SUB: tl.constexpr = WIN // BL
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     d0 = pid_d * BD
     offs_d = d0 + tl.arange(0, BD)
     mask_d = offs_d < dim
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < dstate
     offs_l = tl.arange(0, BL)
     d64 = offs_d.to(tl.int64)
-    n64 = offs_n.to(tl.int64)
     g64 = (d0 // per_group).to(tl.int64)
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    n4 = (tl.arange(0, NQ)[None, :, None, None] * NR + tl.arange(0, NR)[None, None, None, :]).to(tl.int64)
+    d4 = d64[None, None, :, None]
+    mask_dn4 = mask_d[None, None, :, None] & (n4 < dstate)          # [1, NQ, BD, NR]
+    n3 = (tl.arange(0, NQ)[None, :, None] * NR + tl.arange(0, NR)[None, None, :]).to(tl.int64)
+    mask_n3 = n3 < dstate                                            # [1, NQ, NR]
 
     u_base = u_ptr + pid_b * s_ub + d64[None, :] * s_ud
     dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
@@ -532,16 +400,16 @@ def scan_bwd_tm_kernel(
     du_base = du_ptr + pid_b * s_dub + d64[None, :] * s_dud
     ddl_base = ddelta_ptr + pid_b * s_ddb + d64[None, :] * s_ddd
     dz_base = dz_ptr + pid_b * s_dzb + d64[None, :] * s_dzd
-    B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n64[None, :] * s_Bn
-    C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n64[None, :] * s_Cn
+    B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n3 * s_Bn
+    C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n3 * s_Cn
     if DETERMINISTIC:
         k64 = pid_d.to(tl.int64)
     else:
         k64 = g64
-    gB_base = dB_ptr + pid_b * s_gb + k64 * s_gk + n64[None, :] * s_gn
-    gC_base = dC_ptr + pid_b * s_gb + k64 * s_gk + n64[None, :] * s_gn
+    gB_base = dB_ptr + pid_b * s_gb + k64 * s_gk + n3 * s_gn
+    gC_base = dC_ptr + pid_b * s_gb + k64 * s_gk + n3 * s_gn
 
-    A = tl.load(A_ptr + d64[:, None] * dstate + n64[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
@@ -549,85 +417,131 @@ def scan_bwd_tm_kernel(
     Dv = tl.zeros((BD,), tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    row = (pid_b * dim + d64)[:, None] * dstate + n64[None, :]
-    st_base = states_ptr + ((pid_b * dim + d64)[:, None] * nsaved) * dstate + n64[None, :]
-    if HAS_DLAST:
-        dlast = tl.load(dlast_ptr + row, mask=mask_dn, other=0.0).to(tl.float32)
+    row4 = (pid_b * dim + d4) * dstate + n4
+    st_base = states_ptr + (pid_b * dim + d4) * nsaved * dstate + n4
+    l4 = offs_l[:, None, None, None]
+    nz = tl.zeros((BL, NQ, BD, NR), tl.float32) * -1.0
+    j4 = tl.arange(0, SUB)[:, None, None, None]
+    nzs = tl.zeros((SUB, NQ, BD, NR), tl.float32) * -1.0
 
-    carry = tl.zeros((BD, NP), tl.float32)
-    dA_acc = tl.zeros((BD, NP), tl.float32)
+    # dL/dh after the last step and the decay a of the step after it: padded steps pass it unchanged
+    dh = tl.zeros((1, NQ, BD, NR), tl.float32)
+    if HAS_DLAST:
+        dh = tl.load(dlast_ptr + row4, mask=mask_dn4, other=0.0).to(tl.float32)
+    a_next = tl.zeros((1, NQ, BD, NR), tl.float32) + 1.0
+    dA_acc = tl.zeros((1, NQ, BD, NR), tl.float32)
     dD_acc = tl.zeros((BD,), tl.float32)
     db_acc = tl.zeros((BD,), tl.float32)
-    for i in range(nchunks):
-        c = nchunks - 1 - i
-        t = c * BL + offs_l
-        mask_t = t < seqlen
-        mask_t1 = (t + 1) < seqlen
-        t64 = t.to(tl.int64)
-        m2 = mask_t[:, None] & mask_d[None, :]
-        m21 = mask_t1[:, None] & mask_d[None, :]
-        mnt = mask_t[:, None] & mask_n[None, :]
-        u = tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
-        pre, dl = _load_delta_tm(dl_base + t64[:, None] * s_dl, m2, bias, HAS_BIAS, SOFTPLUS)
-        dl = tl.where(m2, dl, 0.0)
-        _, dln = _load_delta_tm(dl_base + (t64 + 1)[:, None] * s_dl, m21, bias, HAS_BIAS, SOFTPLUS)
-        Bt = tl.load(B_base + t64[:, None] * s_Bl, mask=mnt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + t64[:, None] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
-        dout = tl.load(o_base + t64[:, None] * s_ol, mask=m2, other=0.0).to(tl.float32)
-        h0 = tl.load(st_base + (c * every) * dstate, mask=mask_dn, other=0.0)
+    for i in range(nsaved):
+        w = nsaved - 1 - i
+        h = tl.load(st_base + w * dstate, mask=mask_dn4, other=0.0)
+        # pass A: the start state of every sub-chunk of the window
+        hst = tl.zeros((SUB, NQ, BD, NR), tl.float32)
+        if SUB > 1:
+            for j in range(SUB - 1):
+                hst = tl.where(j4 == j, h, hst)
+                t = w * WIN + j * BL + offs_l
+                t64 = t.to(tl.int64)
+                m2 = (t < seqlen)[:, None] & mask_d[None, :]
+                u = tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
+                dl = tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    dl = dl + bias[None, :]
+                if SOFTPLUS:
+                    dl = _softplus2(dl)
+                dl = tl.where(m2, dl, 0.0)
+                mnt = (t < seqlen)[:, None, None] & mask_n3
+                Bt = tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0).to(tl.float32)
+                a = tl.exp2(dl[:, None, :, None] * A2)
+                bx = (dl * u)[:, None, :, None] * Bt[:, :, None, :]
+                for s in tl.static_range(BL):
+                    sel = l4 == s
+                    h = _take(a, sel, nz) * h + _take(bx, sel, nz)
+        hst = tl.where(j4 == SUB - 1, h, hst)
+        # pass B: the sub-chunks in reverse
+        for jj in range(SUB):
+            jb = SUB - 1 - jj
+            h = _take(hst, j4 == jb, nzs)
+            h0 = h
+            t = w * WIN + jb * BL + offs_l
+            t64 = t.to(tl.int64)
+            m2 = (t < seqlen)[:, None] & mask_d[None, :]
+            u = tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
+            pre = tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                pre = pre + bias[None, :]
+            if SOFTPLUS:
+                dl = _softplus2(pre)
+            else:
+                dl = pre
+            dl = tl.where(m2, dl, 0.0)
+            mnt = (t < seqlen)[:, None, None] & mask_n3
+            Bt = tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0).to(tl.float32)
+            Ct = tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
+            dout = tl.load(o_base + t64[:, None] * s_ol, mask=m2, other=0.0).to(tl.float32)
+            dlu = dl * u
+            a = tl.exp2(dl[:, None, :, None] * A2)                        # [BL, NQ, BD, NR]
+            bx = dlu[:, None, :, None] * Bt[:, :, None, :]
+            hs = tl.zeros((BL, NQ, BD, NR), tl.float32)
+            for s in tl.static_range(BL):
+                sel = l4 == s
+                h = _take(a, sel, nz) * h + _take(bx, sel, nz)
+                hs = tl.where(sel, h, hs)
+            if HAS_Z:
+                zt = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
+                yv = tl.sum(tl.sum(hs * Ct[:, :, None, :], axis=3), axis=1)     # [BL, BD]
+                if HAS_D:
+                    yv = yv + Dv[None, :] * u
+                sz = tl.sigmoid(zt)
+                dzt = dout * yv * sz * (1.0 + zt * (1.0 - sz))
+                tl.store(dz_base + t64[:, None] * s_dzl, dzt.to(dz_ptr.dtype.element_ty), mask=m2)
+                dy = dout * zt * sz
+            else:
+                dy = dout
+            gC = tl.sum(hs * dy[:, None, :, None], axis=2)                # [BL, NQ, NR], over the channels
+            dy4 = dy[:, None, :, None]
+            dl4 = dl[:, None, :, None]
+            dhs = tl.zeros((BL, NQ, BD, NR), tl.float32)
+            dhhb = tl.zeros((BL, NQ, BD, NR), tl.float32)
+            for rs in tl.static_range(BL):
+                sr = BL - 1 - rs
+                sel = l4 == sr
+                if sr == BL - 1:
+                    dh = a_next * dh + _take(dy4, sel, nz) * _take(Ct[:, :, None, :], sel, nz)
+                else:
+                    dh = _take(a, l4 == sr + 1, nz) * dh + _take(dy4, sel, nz) * _take(Ct[:, :, None, :], sel, nz)
+                if sr == 0:
+                    hprev = h0
+                else:
+                    hprev = _take(hs, l4 == sr - 1, nz)
+                hb = _take(a, sel, nz) * hprev                                # a_t h_{t-1}
+                dA_acc += dh * hb * _take(dl4, sel, nz)
+                dhs = tl.where(sel, dh, dhs)
+                dhhb = tl.where(sel, dh * hb, dhhb)
+            a_next = _take(a, l4 == 0, nz)
 
-        a = tl.exp2(dl[:, :, None] * A2[None, :, :])
-        bx = (dl * u)[:, :, None] * Bt[:, None, :]
-        pa, pb = tl.associative_scan((a, bx), axis=0, combine_fn=_combine)
-        hs = pb + pa * h0[None, :, :]
-        if HAS_Z:
-            zt = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
-            yv = tl.sum(hs * Ct[:, None, :], axis=2)
+            dhB = tl.sum(tl.sum(dhs * Bt[:, :, None, :], axis=3), axis=1)          # [BL, BD]
+            ddl = tl.sum(tl.sum(dhhb * A, axis=3), axis=1) + u * dhB
+            dut = dl * dhB
             if HAS_D:
-                yv = yv + Dv[None, :] * u
-            sz = tl.sigmoid(zt)
-            dzt = dout * yv * sz * (1.0 + zt * (1.0 - sz))
-            tl.store(dz_base + t64[:, None] * s_dzl, dzt.to(dz_ptr.dtype.element_ty), mask=m2)
-            dy = dout * zt * sz
-        else:
-            dy = dout
-        x = dy[:, :, None] * Ct[:, None, :]
-        if HAS_DLAST:
-            x = x + tl.where((t == seqlen - 1)[:, None, None], dlast[None, :, :], 0.0)
-        alpha = tl.where(mask_t1[:, None, None], tl.exp2(dln[:, :, None] * A2[None, :, :]), 0.0)
-        ra, rb = tl.associative_scan((alpha, x), axis=0, combine_fn=_combine, reverse=True)
-        dh = rb + ra * carry[None, :, :]
-        carry = tl.sum(tl.where(offs_l[:, None, None] == 0, dh, 0.0), axis=0)
+                dut = dut + dy * Dv[None, :]
+                dD_acc += tl.sum(dy * u, axis=0)
+            if SOFTPLUS:
+                ddl = ddl * tl.sigmoid(pre)
+            ddl = tl.where(m2, ddl, 0.0)
+            db_acc += tl.sum(ddl, axis=0)
+            tl.store(du_base + t64[:, None] * s_dul, dut.to(du_ptr.dtype.element_ty), mask=m2)
+            tl.store(ddl_base + t64[:, None] * s_ddl, ddl.to(ddelta_ptr.dtype.element_ty), mask=m2)
+            gB = tl.sum(dhs * dlu[:, None, :, None], axis=2)              # [BL, NQ, NR], over the channels
+            if DETERMINISTIC:
+                tl.store(gB_base + t64[:, None, None] * s_gl, gB, mask=mnt)
+                tl.store(gC_base + t64[:, None, None] * s_gl, gC, mask=mnt)
+            else:
+                tl.atomic_add(gB_base + t64[:, None, None] * s_gl, gB, mask=mnt, sem="relaxed")
+                tl.atomic_add(gC_base + t64[:, None, None] * s_gl, gC, mask=mnt, sem="relaxed")
 
-        hb = hs - bx
-        dhhb = dh * hb
-        dA_acc += tl.sum(dhhb * dl[:, :, None], axis=0)
-        dhB = tl.sum(dh * Bt[:, None, :], axis=2)          # [BL, BD]
-        ddl = tl.sum(dhhb * A[None, :, :], axis=2) + u * dhB
-        dut = dl * dhB
-        if HAS_D:
-            dut = dut + dy * Dv[None, :]
-            dD_acc += tl.sum(dy * u, axis=0)
-        if SOFTPLUS:
-            ddl = ddl * tl.sigmoid(pre)
-        ddl = tl.where(m2, ddl, 0.0)
-        db_acc += tl.sum(ddl, axis=0)
-        tl.store(du_base + t64[:, None] * s_dul, dut.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddl_base + t64[:, None] * s_ddl, ddl.to(ddelta_ptr.dtype.element_ty), mask=m2)
-
-        gB = tl.sum(dh * (dl * u)[:, :, None], axis=1)     # [BL, NP], reduced over the channels
-        gC = tl.sum(dy[:, :, None] * hs, axis=1)
-        if DETERMINISTIC:
-            tl.store(gB_base + t64[:, None] * s_gl, gB, mask=mnt)
-            tl.store(gC_base + t64[:, None] * s_gl, gC, mask=mnt)
-        else:
-            tl.atomic_add(gB_base + t64[:, None] * s_gl, gB, mask=mnt, sem="relaxed")
-            tl.atomic_add(gC_base + t64[:, None] * s_gl, gC, mask=mnt, sem="relaxed")
-
-    _, dl0 = _load_delta_tm(dl_base + tl.zeros((1,), tl.int64)[:, None], mask_d[None, :], bias, HAS_BIAS, SOFTPLUS)
-    a0 = tl.exp2(tl.sum(dl0, axis=0)[:, None] * A2)
-    tl.store(dinit_ptr + row, carry * a0, mask=mask_dn)
-    tl.store(dA_ptr + row, dA_acc, mask=mask_dn)
+    tl.store(dinit_ptr + row4, a_next * dh, mask=mask_dn4)
+    tl.store(dA_ptr + row4, dA_acc, mask=mask_dn4)
     rowd = pid_b * dim + d64
     tl.store(dD_ptr + rowd, dD_acc, mask=mask_d)
     tl.store(dbias_ptr + rowd, db_acc, mask=mask_d)

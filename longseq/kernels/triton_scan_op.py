@@ -7,12 +7,11 @@ import torch
 
 from . import triton_tune
 from .checks import check_selective_scan_args
-from .triton_scan import (scan_bwd_kernel, scan_bwd_tm_kernel, scan_fwd_kernel, scan_fwd_t4_kernel,
-                          scan_fwd_tm_kernel)
+from .triton_scan import scan_bwd_t4_kernel, scan_fwd_kernel, scan_fwd_t4_kernel, scan_fwd_tm_kernel
 
 COMPILED = {}       # last compiled kernel per name (registers/spills for the benchmark's report)
-SAVE_CHUNK = 32           # the training forward saves the state every SAVE_CHUNK steps (its chunk length);
-# the backward's chunk (BL) is a multiple of it and reads every (BL / SAVE_CHUNK)-th saved state
+SAVE_CHUNK = 32           # the training forward saves the state every SAVE_CHUNK steps; the backward walks
+# these windows, each as SAVE_CHUNK / BL sub-chunks of BL steps (BL divides SAVE_CHUNK)
 
 
 def _pow2(n: int) -> int:
@@ -29,12 +28,12 @@ def _bd_ok(bd: int, dim: int, groups: int) -> bool:
 def _candidates(dim, groups, cfgs, kind):
     """Valid (variant, BD, BL, num_warps) configurations to time, in order of preference.
 
-    variant "t4": 4-D tiles [BL, NQ, BD, NR] with a per-thread recurrence (forward only, v4);
-    "tm": time-major tiles [BL, BD, N]; "cm": channel-major [BD, N, BL] (see triton_scan).
-    $LONGSEQ_SCAN_{FWD,BWD}_VARIANT forces a variant; $LONGSEQ_SCAN_FWD_CFGS / _BWD_CFGS
-    ("tm:8:32:4,...") replace the inference forward's / the backward's list (a backward BL must be a
-    multiple of SAVE_CHUNK)."""
-    forced = os.environ.get(f"LONGSEQ_SCAN_{'BWD' if kind == 'bwd' else 'FWD'}_VARIANT")
+    Forward variants: "t4": 4-D tiles [BL, NQ, BD, NR] with a per-thread recurrence (v4); "tm":
+    time-major tiles [BL, BD, N]; "cm": channel-major [BD, N, BL] (see triton_scan). The backward
+    has one variant, "t4" (v5; BL divides SAVE_CHUNK). $LONGSEQ_SCAN_FWD_VARIANT forces a forward
+    variant; $LONGSEQ_SCAN_FWD_CFGS / _BWD_CFGS ("t4:8:16:1,...") replace the inference forward's /
+    the backward's list."""
+    forced = os.environ.get("LONGSEQ_SCAN_FWD_VARIANT") if kind != "bwd" else None
     listed = {"fwd": os.environ.get("LONGSEQ_SCAN_FWD_CFGS"), "bwd": os.environ.get("LONGSEQ_SCAN_BWD_CFGS")}.get(kind)
     if listed:
         cfgs = [tuple([f[0]] + [int(x) for x in f[1:]]) for f in (c.split(":") for c in listed.split(","))]
@@ -49,6 +48,10 @@ def _candidates(dim, groups, cfgs, kind):
         # t4 one every SAVE_CHUNK // BL chunks (BL must divide SAVE_CHUNK)
         cfgs = [c if c[0] == "t4" else (c[0], c[1], SAVE_CHUNK, c[3]) for c in cfgs]
         cfgs = [c for c in cfgs if c[0] != "t4" or SAVE_CHUNK % c[2] == 0]
+    if kind == "bwd":
+        # states are saved every SAVE_CHUNK steps: the backward's BL (its sub-chunk) must divide it
+        if any(c[0] != "t4" or SAVE_CHUNK % c[2] for c in cfgs):
+            raise ValueError(f"backward configurations must be t4 with BL dividing {SAVE_CHUNK}: {cfgs}")
     out, seen = [], set()
     for c in cfgs:
         if _bd_ok(c[1], dim, groups) and c not in seen:
@@ -62,13 +65,15 @@ def _candidates(dim, groups, cfgs, kind):
 # Candidates, from sweeps on an H100 and an H200 (docs/kernel_notes.md), fastest first. Forward: t4
 # (v4) at batch 8 (bf16 2K: 0.40 ms vs tm's 0.96 on the H100); tm with few channels per program
 # stays for batch 1 at long lengths, where t4's (dim / BD) programs are too few to fill the chip.
-# The backward is fastest channel-major (its time-major version spills). The tuner times them per
+# Backward (v5, H100): t4 with one warp per program, 8-step sub-chunks (bf16 2K: 1.82 ms with BD=4,
+# 1.92 with BD=8; the channel-major v1-v4 backward took 5.41 and is gone). The tuner times them per
 # shape on first use; with LONGSEQ_AUTOTUNE=0 the first valid one is used.
 FWD_CFGS = [("t4", 32, 16, 4), ("t4", 16, 16, 2), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
             ("tm", 4, 64, 4), ("tm", 2, 32, 4)]
 FWD_TRAIN_CFGS = [("t4", 16, 16, 2), ("t4", 32, 16, 4), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
                   ("tm", 4, SAVE_CHUNK, 4), ("tm", 2, SAVE_CHUNK, 4)]
-BWD_CFGS = [("cm", 4, 64, 4), ("cm", 2, 64, 4), ("cm", 4, 64, 8), ("tm", 8, 32, 4), ("tm", 4, 32, 4)]
+BWD_CFGS = [("t4", 4, 8, 1), ("t4", 8, 8, 1)]
+
 
 def deterministic() -> bool:
     return torch.are_deterministic_algorithms_enabled() or os.environ.get("LONGSEQ_DETERMINISTIC") == "1"
@@ -202,9 +207,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
     bufs = {}
 
     def run(cfg):
-        variant, bd, bl, warps = cfg
-        nchunks = triton_cdiv(seqlen, bl)
-        kernel = scan_bwd_tm_kernel if variant == "tm" else scan_bwd_kernel
+        _, bd, bl, warps = cfg
         K = triton_cdiv(dim, bd) if det else groups
         gB = bufs.get(("B", K))
         if gB is None:
@@ -214,18 +217,18 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
         if not det:
             gB.zero_()
             gC.zero_()
-        COMPILED["scan_bwd"] = kernel[(triton_cdiv(dim, bd), batch)](
+        COMPILED["scan_bwd"] = scan_bwd_t4_kernel[(triton_cdiv(dim, bd), batch)](
             u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, states, dout, dlast if dlast is not None else dummy,
             du, ddelta, dz, gB, gC, dA_p, dD_p, db_p, dinit,
-            dim, seqlen, dstate, per, nchunks, nsaved, bl // SAVE_CHUNK,
+            dim, seqlen, dstate, per, nsaved,
             *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
             *_strides_bc(B, groups), *_strides_bc(C, groups), *_strides3(dout),
             *_strides3(du), *_strides3(ddelta), *_strides3(dz),
             gB.stride(0), gB.stride(1), gB.stride(2), gB.stride(3),
             BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(softplus), HAS_DLAST=dlast is not None, DETERMINISTIC=det,
-            num_warps=warps,
+            NR=min(4, NP), WIN=SAVE_CHUNK, num_warps=warps,
         )
         return gB, gC, K, bd
 
