@@ -4,7 +4,7 @@
 #   run(command="bash benchmarks/device_kernels.sh", carry=[".mamba_src"])
 # .mamba_src/ holds mamba_ssm 2.3.2.post1's csrc/selective_scan (from the pip sdist), built in the
 # background while the tests run, for the benchmark's comparison. Without $OUT, writes to ./device_out.
-# Knobs: SKIP_TESTS=1, TESTS_K="pytest -k expression", SKIP_MAMBA=1, SWEEP=1, SWEEP5=1, BENCH_ARGS, *_TIMEOUT.
+# Knobs: SKIP_TESTS=1, TESTS_K="pytest -k expression", SKIP_MAMBA=1, SWEEP=1, SWEEPCFG=1 (SWEEPCFG_ARGS), BENCH_ARGS, *_TIMEOUT.
 set -uo pipefail
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -22,9 +22,9 @@ fi
 if [ "${SWEEP:-0}" = 1 ]; then
   timeout "${SWEEP_TIMEOUT:-150}" python3 benchmarks/sweep_scan.py 2>&1 | tee "$OUT/sweep.log" | tail -30
 fi
-# optional: the backward configuration sweep of v5 (benchmarks/sweep_scan_v5.py), SWEEP5=1
-if [ "${SWEEP5:-0}" = 1 ]; then
-  OUT=$OUT timeout "${SWEEP5_TIMEOUT:-150}" python3 benchmarks/sweep_scan_v5.py 2>&1 | tee "$OUT/sweep5.log" | grep -v '^{' | tail -30
+# optional: the forward/backward configuration sweep (benchmarks/sweep_scan_cfgs.py), SWEEPCFG=1
+if [ "${SWEEPCFG:-0}" = 1 ]; then
+  OUT=$OUT timeout "${SWEEPCFG_TIMEOUT:-150}" python3 benchmarks/sweep_scan_cfgs.py ${SWEEPCFG_ARGS:-} 2>&1 | tee "$OUT/sweep_cfgs.log" | grep -v '^{' | tail -40
 fi
 timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/bench_scan.py --out "$OUT/scan.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^{' | tail -30
 grep -E "Used [0-9]+ registers" "$MAMBA_BUILD_LOG" 2>/dev/null | sort | uniq -c | sort -rn | head -8 > "$OUT/mamba_ptxas.txt" || true

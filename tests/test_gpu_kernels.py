@@ -137,8 +137,11 @@ def _bwd_cfgs():
 @pytest.mark.parametrize("groups", [None, 2], ids=["plain", "grouped"])
 @pytest.mark.parametrize("cfg", _bwd_cfgs())
 def test_scan_every_backward_candidate_vs_float64(monkeypatch, cfg, groups):
-    """Each backward configuration the tuner may pick (fp32, float64 reference, NaN-poisoned outputs)."""
+    """Each backward configuration the tuner may pick (fp32, float64 reference, NaN-poisoned outputs);
+    the chunk-parallel ones (5 fields, v6) split into 3 sequence groups (1000 steps: 11 + 11 + 10 windows)."""
     monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", cfg)
+    if cfg.count(":") == 4:
+        monkeypatch.setenv("LONGSEQ_SCAN_BWD_GROUPS", "3")
     gen = torch.Generator(device=DEV).manual_seed(5)
     t = scan_inputs(2, 64, 1000, 16, groups, torch.float32, gen)
     xs = {k: v.clone().requires_grad_() for k, v in t.items()}

@@ -14,7 +14,9 @@ The backward (``scan_bwd_t4_kernel``, v5) uses the t4 tiles: it walks the window
 states in reverse, recomputes each sub-chunk's states with the unrolled forward recurrence and runs
 the reverse recurrence for dL/dh over the same registers, carrying dL/dh (and the next step's decay)
 across sub-chunks. dB and dC are reduced over the program's channels before one atomic add per
-(n, t) (or, in deterministic mode, stored per program and summed afterwards).
+(n, t) (or, in deterministic mode, stored per program and summed afterwards). At batch 1 it runs
+chunk-parallel (v6): ``scan_bwd_t4_summary_kernel`` gives each later sequence group's dL/dh carry
+from a zero start, and each group starts from dL/dlast folded through the later groups.
 
 All arithmetic is float32; ``exp2`` with A pre-scaled by log2(e). Offsets that can exceed 2^31
 (batch, channel and time offsets) are computed in int64.
@@ -352,8 +354,8 @@ def scan_fwd_t4_kernel(
 @triton.jit
 def scan_bwd_t4_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dinit_ptr,
-    dim, seqlen, dstate, per_group, nsaved,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dinit_ptr, esum_ptr, ssum_ptr,
+    dim, seqlen, dstate, per_group, nsaved, wpg,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     s_ob, s_od, s_ol,
@@ -361,7 +363,7 @@ def scan_bwd_t4_kernel(
     s_gb, s_gk, s_gn, s_gl,
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, WIN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DLAST: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    HAS_DLAST: tl.constexpr, DETERMINISTIC: tl.constexpr, GROUPED: tl.constexpr,
 ):
     """Backward with the t4 forward's tiles [BL, NQ, BD, NR] and unrolled per-thread recurrences (v5).
 
@@ -376,11 +378,22 @@ def scan_bwd_t4_kernel(
     delta load). dL/dlast enters as the carry at the padded end (padded steps have a = 1 and no
     input, so it reaches step seqlen - 1 unchanged); dL/dh_{-1} = a_0 dh_0 is the final carry.
     Per-channel sums (du, ddelta, dz, dD, dA, ddelta_bias) stay in the program; dB and dC are
-    reduced over its channels and added atomically (or stored per program in deterministic mode)."""
+    reduced over its channels and added atomically (or stored per program in deterministic mode).
+
+    Chunk-parallel mode (GROUPED, v6; few programs, e.g. batch 1 at 256K): grid axis 2 splits the
+    windows into groups of ``wpg``. scan_bwd_t4_summary_kernel stored, for every group j but the
+    first, its carry e_j = a_{t0} dL/dh_{t0} from a zero start (esum [G, batch, dim, dstate]) and its
+    sum of delta (ssum [G, batch, dim]); the carry is linear in what enters the group's end, so group
+    g starts from dL/dlast folded through the later groups, e = exp2(A2 * s_j) * e + e_j for j = G-1
+    down to g+1, and runs as usual. Per-channel sums go to row (g * batch + b) of dA/dD/ddelta_bias
+    (summed by the caller); only group 0 stores dL/dh_{-1}."""
     NQ: tl.constexpr = NP // NR
     SUB: tl.constexpr = WIN // BL
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    pid_g = tl.program_id(2)
+    nb = tl.num_programs(1)
+    ng = tl.num_programs(2)
     d0 = pid_d * BD
     offs_d = d0 + tl.arange(0, BD)
     mask_d = offs_d < dim
@@ -428,12 +441,20 @@ def scan_bwd_t4_kernel(
     dh = tl.zeros((1, NQ, BD, NR), tl.float32)
     if HAS_DLAST:
         dh = tl.load(dlast_ptr + row4, mask=mask_dn4, other=0.0).to(tl.float32)
+    if GROUPED:
+        for k in range(ng - 1 - pid_g):
+            j = ng - 1 - k
+            sj = tl.load(ssum_ptr + (j * nb + pid_b) * dim + d4, mask=mask_d[None, None, :, None], other=0.0)
+            ej = tl.load(esum_ptr + ((j * nb + pid_b) * dim + d4) * dstate + n4, mask=mask_dn4, other=0.0)
+            dh = tl.exp2(A2 * sj) * dh + ej
+    w_lo = pid_g * wpg
+    w_hi = tl.minimum(w_lo + wpg, nsaved)
     a_next = tl.zeros((1, NQ, BD, NR), tl.float32) + 1.0
     dA_acc = tl.zeros((1, NQ, BD, NR), tl.float32)
     dD_acc = tl.zeros((BD,), tl.float32)
     db_acc = tl.zeros((BD,), tl.float32)
-    for i in range(nsaved):
-        w = nsaved - 1 - i
+    for i in range(w_hi - w_lo):
+        w = w_hi - 1 - i
         h = tl.load(st_base + w * dstate, mask=mask_dn4, other=0.0)
         # pass A: the start state of every sub-chunk of the window
         hst = tl.zeros((SUB, NQ, BD, NR), tl.float32)
@@ -540,8 +561,82 @@ def scan_bwd_t4_kernel(
                 tl.atomic_add(gB_base + t64[:, None, None] * s_gl, gB, mask=mnt, sem="relaxed")
                 tl.atomic_add(gC_base + t64[:, None, None] * s_gl, gC, mask=mnt, sem="relaxed")
 
-    tl.store(dinit_ptr + row4, a_next * dh, mask=mask_dn4)
-    tl.store(dA_ptr + row4, dA_acc, mask=mask_dn4)
-    rowd = pid_b * dim + d64
+    if pid_g == 0:
+        tl.store(dinit_ptr + row4, a_next * dh, mask=mask_dn4)
+    prow = pid_g * nb + pid_b                      # per-group rows of the per-channel sums
+    tl.store(dA_ptr + (prow * dim + d4) * dstate + n4, dA_acc, mask=mask_dn4)
+    rowd = prow * dim + d64
     tl.store(dD_ptr + rowd, dD_acc, mask=mask_d)
     tl.store(dbias_ptr + rowd, db_acc, mask=mask_d)
+
+
+@triton.jit
+def scan_bwd_t4_summary_kernel(
+    delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, esum_ptr, ssum_ptr,
+    dim, seqlen, dstate, per_group, nsaved, wpg,
+    s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_Cb, s_Cg, s_Cn, s_Cl, s_ob, s_od, s_ol,
+    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, WIN: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """Pass 1 of the chunk-parallel backward (v6): for sequence group j = program_id(2) + 1 (group 0
+    needs none), the carry e = a_{t0} dL/dh_{t0} that the group's steps produce from a zero carry
+    at its end, by the reverse recurrence e = a_t (e + dy_t C_t) (no states: dL/dh does not depend
+    on h), and the group's sum of delta. Reads delta, z, dout and C only; one exp2 and ~2 FMAs per
+    element against the full backward's ~64 instructions."""
+    NQ: tl.constexpr = NP // NR
+    SUB: tl.constexpr = WIN // BL
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    pid_g = tl.program_id(2) + 1
+    nb = tl.num_programs(1)
+    d0 = pid_d * BD
+    offs_d = d0 + tl.arange(0, BD)
+    mask_d = offs_d < dim
+    offs_l = tl.arange(0, BL)
+    d64 = offs_d.to(tl.int64)
+    g64 = (d0 // per_group).to(tl.int64)
+    n4 = (tl.arange(0, NQ)[None, :, None, None] * NR + tl.arange(0, NR)[None, None, None, :]).to(tl.int64)
+    d4 = d64[None, None, :, None]
+    mask_dn4 = mask_d[None, None, :, None] & (n4 < dstate)
+    n3 = (tl.arange(0, NQ)[None, :, None] * NR + tl.arange(0, NR)[None, None, :]).to(tl.int64)
+    mask_n3 = n3 < dstate
+    dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
+    z_base = z_ptr + pid_b * s_zb + d64[None, :] * s_zd
+    o_base = dout_ptr + pid_b * s_ob + d64[None, :] * s_od
+    C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n3 * s_Cn
+    A2 = tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    row4 = (pid_b * dim + d4) * dstate + n4
+    l4 = offs_l[:, None, None, None]
+    nz = tl.zeros((BL, NQ, BD, NR), tl.float32) * -1.0
+    e = tl.zeros((1, NQ, BD, NR), tl.float32)
+    dsum = tl.zeros((BD,), tl.float32)
+    c_lo = pid_g * wpg * SUB
+    c_hi = tl.minimum(pid_g * wpg + wpg, nsaved) * SUB
+    for i in range(c_hi - c_lo):
+        c = c_hi - 1 - i
+        t = c * BL + offs_l
+        t64 = t.to(tl.int64)
+        m2 = (t < seqlen)[:, None] & mask_d[None, :]
+        dl = tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dl = dl + bias[None, :]
+        if SOFTPLUS:
+            dl = _softplus2(dl)
+        dl = tl.where(m2, dl, 0.0)
+        dsum += tl.sum(dl, axis=0)
+        dy = tl.load(o_base + t64[:, None] * s_ol, mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zt = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
+            dy = dy * zt * tl.sigmoid(zt)
+        mnt = (t < seqlen)[:, None, None] & mask_n3
+        Ct = tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
+        a = tl.exp2(dl[:, None, :, None] * A2)
+        g = dy[:, None, :, None] * Ct[:, :, None, :]
+        for rs in tl.static_range(BL):
+            sel = l4 == BL - 1 - rs
+            e = _take(a, sel, nz) * (e + _take(g, sel, nz))
+    tl.store(esum_ptr + ((pid_g * nb + pid_b) * dim + d4) * dstate + n4, e, mask=mask_dn4)
+    tl.store(ssum_ptr + (pid_g * nb + pid_b) * dim + d64, dsum, mask=mask_d)

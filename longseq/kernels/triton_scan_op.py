@@ -7,7 +7,8 @@ import torch
 
 from . import triton_tune
 from .checks import check_selective_scan_args
-from .triton_scan import scan_bwd_t4_kernel, scan_fwd_kernel, scan_fwd_t4_kernel, scan_fwd_tm_kernel
+from .triton_scan import (scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fwd_kernel, scan_fwd_t4_kernel,
+                          scan_fwd_tm_kernel)
 
 COMPILED = {}       # last compiled kernel per name (registers/spills for the benchmark's report)
 SAVE_CHUNK = 32           # the training forward saves the state every SAVE_CHUNK steps; the backward walks
@@ -66,13 +67,16 @@ def _candidates(dim, groups, cfgs, kind):
 # (v4) at batch 8 (bf16 2K: 0.40 ms vs tm's 0.96 on the H100); tm with few channels per program
 # stays for batch 1 at long lengths, where t4's (dim / BD) programs are too few to fill the chip.
 # Backward (v5, H100): t4 with one warp per program, 8-step sub-chunks (bf16 2K: 1.82 ms with BD=4,
-# 1.92 with BD=8; the channel-major v1-v4 backward took 5.41 and is gone). The tuner times them per
+# 1.92 with BD=8; the channel-major v1-v4 backward took 5.41 and is gone); a 5th field > 0 makes the
+# backward chunk-parallel when the (dim / BD) * batch programs are fewer than that many per SM (v6,
+# batch 1 at long lengths: _n_bwd_groups). The tuner times them per
 # shape on first use; with LONGSEQ_AUTOTUNE=0 the first valid one is used.
 FWD_CFGS = [("t4", 32, 16, 4), ("t4", 16, 16, 2), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
-            ("tm", 4, 64, 4), ("tm", 2, 32, 4)]
+            ("tm", 4, 64, 4), ("tm", 2, 32, 4), ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4), ("t4", 32, 16, 4, 8),
+            ("t4", 32, 8, 4, 8)]
 FWD_TRAIN_CFGS = [("t4", 16, 16, 2), ("t4", 32, 16, 4), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
-                  ("tm", 4, SAVE_CHUNK, 4), ("tm", 2, SAVE_CHUNK, 4)]
-BWD_CFGS = [("t4", 4, 8, 1), ("t4", 8, 8, 1)]
+                  ("tm", 4, SAVE_CHUNK, 4), ("tm", 2, SAVE_CHUNK, 4), ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4)]
+BWD_CFGS = [("t4", 4, 8, 1), ("t4", 8, 8, 1), ("t4", 4, 8, 1, 16), ("t4", 4, 8, 1, 24), ("t4", 4, 8, 1, 32)]
 
 
 def deterministic() -> bool:
@@ -106,10 +110,17 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
         cands = _candidates(dim, groups, FWD_TRAIN_CFGS, "fwd_train")
     else:
         cands = _candidates(dim, groups, FWD_CFGS, "fwd")
+    # a configuration with its own groups-per-SM target (5th field) that resolves to the same group
+    # count as its 3-per-SM twin is a duplicate: not timed
+    def _g(c):
+        if c[0] != "t4":
+            return 1
+        return _n_groups(batch * triton_cdiv(dim, c[1]), triton_cdiv(seqlen, c[2]), dev, c[4] if len(c) > 4 else 3)
+    cands = [c for c in cands if len(c) < 5 or _g(c) != _g(c[:4])] or cands
     states_holder = {}
 
     def run(cfg):
-        variant, bd, bl, warps = cfg
+        variant, bd, bl, warps = cfg[:4]
         kernel = {"tm": scan_fwd_tm_kernel, "t4": scan_fwd_t4_kernel}.get(variant, scan_fwd_kernel)
         nchunks = triton_cdiv(seqlen, bl)
         grid = (triton_cdiv(dim, bd), batch)
@@ -135,7 +146,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
             COMPILED[name] = kernel[grid](*args_in, y, states, last, dim, seqlen, dstate, per, nchunks, *strides,
                                           SAVE_STATES=save_states, **flags)
             return states
-        G = _n_groups(batch * grid[0], nchunks, dev)
+        G = _n_groups(batch * grid[0], nchunks, dev, cfg[4] if len(cfg) > 4 else 3)
         cpp = triton_cdiv(triton_cdiv(nchunks, G), save_every) * save_every   # group edges on saved states
         G = triton_cdiv(nchunks, cpp)
         t4 = dict(NR=min(4, NP), SAVE_EVERY=save_every, SAVE_STATES=save_states, **flags)
@@ -143,7 +154,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
         if G > 1:
             hsum = torch.empty((G, batch, dim, dstate), device=dev, dtype=torch.float32)
             ssum = torch.empty((G, batch, dim), device=dev, dtype=torch.float32)
-            COMPILED[name + "_pass1"] = kernel[grid + (G,)](
+            # the last group's summary is never read: pass 1 runs groups 0 .. G-2 only
+            COMPILED[name + "_pass1"] = kernel[grid + (G - 1,)](
                 *args_in, y, states, last, hsum, ssum, dim, seqlen, dstate, per, nchunks, cpp, *strides,
                 SUMMARY=True, GROUPED=False, **dict(t4, SAVE_STATES=False))
         COMPILED[name] = kernel[grid + (G,)](
@@ -158,9 +170,10 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
     return y, last, (states if save_states else None)
 
 
-def _n_groups(programs: int, nchunks: int, dev) -> int:
+def _n_groups(programs: int, nchunks: int, dev, per_sm: int = 3) -> int:
     """Sequence groups for the chunk-parallel t4 forward: 1 when (dim / BD) * batch programs fill the
-    chip, else enough groups for ~3 programs per SM, each group at least MIN_GROUP_CHUNKS chunks
+    chip, else enough groups for ~per_sm programs per SM (3 unless the configuration's 5th field
+    says otherwise), each group at least MIN_GROUP_CHUNKS chunks
     long (pass 1 re-reads u, delta and B, so short sequences are better off in one pass).
     $LONGSEQ_SCAN_GROUPS forces the count (tests)."""
     forced = os.environ.get("LONGSEQ_SCAN_GROUPS")
@@ -169,10 +182,26 @@ def _n_groups(programs: int, nchunks: int, dev) -> int:
     sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 132
     if programs >= 2 * sms:
         return 1
-    return max(1, min(triton_cdiv(3 * sms, programs), nchunks // MIN_GROUP_CHUNKS))
+    return max(1, min(triton_cdiv(per_sm * sms, programs), nchunks // MIN_GROUP_CHUNKS))
 
 
 MIN_GROUP_CHUNKS = 256
+MIN_BWD_GROUP_WINDOWS = 32     # 1024 steps: the summary fold costs one load pair per later group
+
+
+def _n_bwd_groups(programs: int, nsaved: int, per_sm: int, dev) -> int:
+    """Sequence groups for the chunk-parallel backward (v6): enough for ~per_sm programs per SM when
+    (dim / BD) * batch programs are fewer, each group at least MIN_BWD_GROUP_WINDOWS windows long;
+    1 with per_sm = 0 (the configuration's 5th field). $LONGSEQ_SCAN_BWD_GROUPS forces the count."""
+    forced = os.environ.get("LONGSEQ_SCAN_BWD_GROUPS")
+    if forced:
+        return max(1, min(int(forced), nsaved))
+    if per_sm <= 0:
+        return 1
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 132
+    if programs >= per_sm * sms:
+        return 1
+    return max(1, min(triton_cdiv(per_sm * sms, programs), nsaved // MIN_BWD_GROUP_WINDOWS))
 
 
 def _bucket(n: int) -> int:
@@ -196,18 +225,22 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
     du = torch.empty((batch, dim, seqlen), device=dev, dtype=u.dtype)
     ddelta = torch.empty((batch, dim, seqlen), device=dev, dtype=delta.dtype)
     dz = torch.empty((batch, dim, seqlen), device=dev, dtype=z.dtype) if z is not None else du
-    dA_p = torch.empty((batch, dim, dstate), device=dev, dtype=torch.float32)
-    dD_p = torch.empty((batch, dim), device=dev, dtype=torch.float32)
-    db_p = torch.empty((batch, dim), device=dev, dtype=torch.float32)
     dinit = torch.empty((batch, dim, dstate), device=dev, dtype=torch.float32)
     dummy = du
     if dlast is not None:
         dlast = dlast.float().contiguous()
     cands = _candidates(dim, groups, BWD_CFGS, "bwd")
+    # a chunk-parallel configuration (5th field: programs per SM) that resolves to one group is a
+    # duplicate of its plain one: not timed
+    split = [c for c in cands if len(c) < 5 or _n_bwd_groups(batch * triton_cdiv(dim, c[1]), nsaved, c[4], dev) > 1]
+    cands = split or cands
     bufs = {}
 
     def run(cfg):
-        _, bd, bl, warps = cfg
+        _, bd, bl, warps = cfg[:4]
+        G = _n_bwd_groups(batch * triton_cdiv(dim, bd), nsaved, cfg[4] if len(cfg) > 4 else 0, dev)
+        wpg = triton_cdiv(nsaved, G)
+        G = triton_cdiv(nsaved, wpg)
         K = triton_cdiv(dim, bd) if det else groups
         gB = bufs.get(("B", K))
         if gB is None:
@@ -217,26 +250,41 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
         if not det:
             gB.zero_()
             gC.zero_()
-        COMPILED["scan_bwd"] = scan_bwd_t4_kernel[(triton_cdiv(dim, bd), batch)](
+        # per-channel sums: one row per (sequence group, batch), summed below
+        dA_p = torch.empty((G * batch, dim, dstate), device=dev, dtype=torch.float32)
+        dD_p = torch.empty((G * batch, dim), device=dev, dtype=torch.float32)
+        db_p = torch.empty((G * batch, dim), device=dev, dtype=torch.float32)
+        esum = ssum = dA_p
+        grid = (triton_cdiv(dim, bd), batch, G)
+        if G > 1:
+            esum = torch.empty((G, batch, dim, dstate), device=dev, dtype=torch.float32)
+            ssum = torch.empty((G, batch, dim), device=dev, dtype=torch.float32)
+            COMPILED["scan_bwd_pass1"] = scan_bwd_t4_summary_kernel[grid[:2] + (G - 1,)](
+                delta, A, C, z if z is not None else dummy, delta_bias if delta_bias is not None else dummy, dout,
+                esum, ssum, dim, seqlen, dstate, per, nsaved, wpg,
+                *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides_bc(C, groups),
+                *_strides3(dout),
+                BD=bd, NP=NP, BL=bl, NR=min(4, NP), WIN=SAVE_CHUNK, HAS_Z=z is not None,
+                HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), num_warps=warps)
+        COMPILED["scan_bwd"] = scan_bwd_t4_kernel[grid](
             u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, states, dout, dlast if dlast is not None else dummy,
-            du, ddelta, dz, gB, gC, dA_p, dD_p, db_p, dinit,
-            dim, seqlen, dstate, per, nsaved,
+            du, ddelta, dz, gB, gC, dA_p, dD_p, db_p, dinit, esum, ssum,
+            dim, seqlen, dstate, per, nsaved, wpg,
             *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
             *_strides_bc(B, groups), *_strides_bc(C, groups), *_strides3(dout),
             *_strides3(du), *_strides3(ddelta), *_strides3(dz),
             gB.stride(0), gB.stride(1), gB.stride(2), gB.stride(3),
             BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(softplus), HAS_DLAST=dlast is not None, DETERMINISTIC=det,
-            NR=min(4, NP), WIN=SAVE_CHUNK, num_warps=warps,
+            NR=min(4, NP), WIN=SAVE_CHUNK, GROUPED=G > 1, num_warps=warps,
         )
-        return gB, gC, K, bd
+        return gB, gC, K, dA_p, dD_p, db_p
 
     key = (batch, dim, _bucket(seqlen), dstate, groups, str(u.dtype), D is not None, z is not None,
            delta_bias is not None, bool(softplus), dlast is not None, det)
     cfg = triton_tune.pick("scan_bwd", key, cands, run, u)
-    gB, gC, K, bd = run(cfg)
-    del bd
+    gB, gC, K, dA_p, dD_p, db_p = run(cfg)
     if det and K != groups:
         # per-program partial sums -> per-group sums, in a fixed order
         if groups == 1:
