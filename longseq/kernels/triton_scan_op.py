@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
 
 from . import triton_tune
 from .checks import check_selective_scan_args
@@ -16,6 +17,7 @@ SAVE_CHUNK = 32           # the training forward saves the state every SAVE_CHUN
 
 
 def _pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1): block sizes and tile widths."""
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
@@ -93,12 +95,16 @@ def _strides_bc(t, groups):
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
 
-def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_states):
+def _sizes(u, A, B):
+    """(batch, dim, seqlen, dstate, groups, channels per group, dstate padded to a power of two)."""
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     groups = 1 if B.dim() == 3 else B.shape[1]
-    per = dim // groups
-    NP = max(2, _pow2(dstate))
+    return batch, dim, seqlen, dstate, groups, dim // groups, max(2, _pow2(dstate))
+
+
+def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_states):
+    batch, dim, seqlen, dstate, groups, per, NP = _sizes(u, A, B)
     dev = u.device
     y = torch.empty((batch, dim, seqlen), device=dev, dtype=u.dtype)
     last = torch.empty((batch, dim, dstate), device=dev, dtype=torch.float32)
@@ -115,15 +121,15 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
     def _g(c):
         if c[0] != "t4":
             return 1
-        return _n_groups(batch * triton_cdiv(dim, c[1]), triton_cdiv(seqlen, c[2]), dev, c[4] if len(c) > 4 else 3)
+        return _n_groups(batch * triton.cdiv(dim, c[1]), triton.cdiv(seqlen, c[2]), dev, c[4] if len(c) > 4 else 3)
     cands = [c for c in cands if len(c) < 5 or _g(c) != _g(c[:4])] or cands
     states_holder = {}
 
     def run(cfg):
         variant, bd, bl, warps = cfg[:4]
         kernel = {"tm": scan_fwd_tm_kernel, "t4": scan_fwd_t4_kernel}.get(variant, scan_fwd_kernel)
-        nchunks = triton_cdiv(seqlen, bl)
-        grid = (triton_cdiv(dim, bd), batch)
+        nchunks = triton.cdiv(seqlen, bl)
+        grid = (triton.cdiv(dim, bd), batch)
         args_in = (u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
                    delta_bias if delta_bias is not None else dummy,
                    initial_state if initial_state is not None else dummy)
@@ -134,7 +140,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
         save_every = max(1, SAVE_CHUNK // bl) if (save_states and variant == "t4") else 1
         if save_states:
             # t4 saves the state every SAVE_CHUNK steps whatever its chunk (BL divides SAVE_CHUNK)
-            nsaved = triton_cdiv(nchunks, save_every)
+            nsaved = triton.cdiv(nchunks, save_every)
             states = states_holder.get(nsaved)
             if states is None:
                 states = torch.empty((batch, dim, nsaved, dstate), device=dev, dtype=torch.float32)
@@ -147,8 +153,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
                                           SAVE_STATES=save_states, **flags)
             return states
         G = _n_groups(batch * grid[0], nchunks, dev, cfg[4] if len(cfg) > 4 else 3)
-        cpp = triton_cdiv(triton_cdiv(nchunks, G), save_every) * save_every   # group edges on saved states
-        G = triton_cdiv(nchunks, cpp)
+        cpp = triton.cdiv(triton.cdiv(nchunks, G), save_every) * save_every   # group edges on saved states
+        G = triton.cdiv(nchunks, cpp)
         t4 = dict(NR=min(4, NP), SAVE_EVERY=save_every, SAVE_STATES=save_states, **flags)
         hsum = ssum = last
         if G > 1:
@@ -182,7 +188,7 @@ def _n_groups(programs: int, nchunks: int, dev, per_sm: int = 3) -> int:
     sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 132
     if programs >= 2 * sms:
         return 1
-    return max(1, min(triton_cdiv(per_sm * sms, programs), nchunks // MIN_GROUP_CHUNKS))
+    return max(1, min(triton.cdiv(per_sm * sms, programs), nchunks // MIN_GROUP_CHUNKS))
 
 
 MIN_GROUP_CHUNKS = 256
@@ -201,23 +207,15 @@ def _n_bwd_groups(programs: int, nsaved: int, per_sm: int, dev) -> int:
     sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 132
     if programs >= per_sm * sms:
         return 1
-    return max(1, min(triton_cdiv(per_sm * sms, programs), nsaved // MIN_BWD_GROUP_WINDOWS))
+    return max(1, min(triton.cdiv(per_sm * sms, programs), nsaved // MIN_BWD_GROUP_WINDOWS))
 
 
 def _bucket(n: int) -> int:
     return _pow2(n)
 
 
-def triton_cdiv(a, b):
-    return (a + b - 1) // b
-
-
 def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, need):
-    batch, dim, seqlen = u.shape
-    dstate = A.shape[1]
-    groups = 1 if B.dim() == 3 else B.shape[1]
-    per = dim // groups
-    NP = max(2, _pow2(dstate))
+    batch, dim, seqlen, dstate, groups, per, NP = _sizes(u, A, B)
     dev = u.device
     nsaved = states.shape[2]
     det = deterministic()
@@ -232,16 +230,16 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
     cands = _candidates(dim, groups, BWD_CFGS, "bwd")
     # a chunk-parallel configuration (5th field: programs per SM) that resolves to one group is a
     # duplicate of its plain one: not timed
-    split = [c for c in cands if len(c) < 5 or _n_bwd_groups(batch * triton_cdiv(dim, c[1]), nsaved, c[4], dev) > 1]
+    split = [c for c in cands if len(c) < 5 or _n_bwd_groups(batch * triton.cdiv(dim, c[1]), nsaved, c[4], dev) > 1]
     cands = split or cands
     bufs = {}
 
     def run(cfg):
         _, bd, bl, warps = cfg[:4]
-        G = _n_bwd_groups(batch * triton_cdiv(dim, bd), nsaved, cfg[4] if len(cfg) > 4 else 0, dev)
-        wpg = triton_cdiv(nsaved, G)
-        G = triton_cdiv(nsaved, wpg)
-        K = triton_cdiv(dim, bd) if det else groups
+        G = _n_bwd_groups(batch * triton.cdiv(dim, bd), nsaved, cfg[4] if len(cfg) > 4 else 0, dev)
+        wpg = triton.cdiv(nsaved, G)
+        G = triton.cdiv(nsaved, wpg)
+        K = triton.cdiv(dim, bd) if det else groups
         gB = bufs.get(("B", K))
         if gB is None:
             gB = bufs[("B", K)] = torch.empty((batch, K, dstate, seqlen), device=dev, dtype=torch.float32)
@@ -255,7 +253,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
         dD_p = torch.empty((G * batch, dim), device=dev, dtype=torch.float32)
         db_p = torch.empty((G * batch, dim), device=dev, dtype=torch.float32)
         esum = ssum = dA_p
-        grid = (triton_cdiv(dim, bd), batch, G)
+        grid = (triton.cdiv(dim, bd), batch, G)
         if G > 1:
             esum = torch.empty((G, batch, dim, dstate), device=dev, dtype=torch.float32)
             ssum = torch.empty((G, batch, dim), device=dev, dtype=torch.float32)
