@@ -23,6 +23,8 @@ All arithmetic is float32; ``exp2`` with A pre-scaled by log2(e). Offsets that c
 """
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
@@ -225,11 +227,60 @@ def _take(x, sel, nz):
     return tl.sum(tl.where(sel, x, nz), axis=0, keep_dims=True)
 
 
+# Fast float32 math on the SFU (MUFU) for the t4 kernels: one instruction each for 2^x, log2(x)
+# and 1/x (PTX ex2/lg2/rcp.approx.ftz: ~2 ulp, denormals flushed). tl.log2 would call libdevice's
+# full-precision log2f (~20 instructions) and tl.sigmoid a full division. The interpreter cannot
+# run inline PTX, so under TRITON_INTERPRET=1 the same formulas use tl.exp2 / tl.log2 / division.
+FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+
+
+@triton.jit
+def _ex2(x):
+    if FAST_MATH:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _lg2(x):
+    if FAST_MATH:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _rcp(x):
+    if FAST_MATH:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def _to_f32(x):
+    # bf16 -> f32 as an opaque instruction, so that the compiler converts each loaded value once
+    # (in the load's layout) instead of after broadcasting it to the compute layout
+    if FAST_MATH and x.dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise("cvt.f32.bf16 $0, $1;", "=r,h", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return x.to(tl.float32)
+
+
 @triton.jit
 def _softplus2(x):
-    # softplus (beta=1, threshold=20) on the MUFU ex2/lg2 units: two instructions and a few FMULs
-    # instead of expf/logf's range reduction and polynomial
-    return tl.where(x > 20.0, x, 0.6931471805599453 * tl.log2(1.0 + tl.exp2(1.4426950408889634 * x)))
+    # softplus (beta=1, threshold=20) as ln2 * log2(1 + 2^(x log2 e)): two SFU instructions
+    return tl.where(x > 20.0, x, 0.6931471805599453 * _lg2(1.0 + _ex2(1.4426950408889634 * x)))
+
+
+@triton.jit
+def _sigmoid(x):
+    return _rcp(1.0 + _ex2(-1.4426950408889634 * x))
 
 
 @triton.jit
@@ -285,17 +336,17 @@ def scan_fwd_t4_kernel(
     B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n3 * s_Bn
     C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n3 * s_Cn
 
-    A2 = tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = _to_f32(tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0)) * 1.4426950408889634
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bias = _to_f32(tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0))
     Dv = tl.zeros((BD,), tl.float32)
     if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        Dv = _to_f32(tl.load(D_ptr + offs_d, mask=mask_d, other=0.0))
     row4 = (pid_b * dim + d4) * dstate + n4
     h = tl.zeros((1, NQ, BD, NR), tl.float32)
     if HAS_INIT and not SUMMARY:
-        h = tl.load(init_ptr + row4, mask=mask_dn4, other=0.0).to(tl.float32)
+        h = _to_f32(tl.load(init_ptr + row4, mask=mask_dn4, other=0.0))
     if GROUPED:
         for j in range(pid_g):
             sj = tl.load(ssum_ptr + (j * nb + pid_b) * dim + d4, mask=mask_d[None, None, :, None], other=0.0)
@@ -314,15 +365,15 @@ def scan_fwd_t4_kernel(
         if SAVE_STATES:
             tl.store(st_base + (c // SAVE_EVERY) * dstate, h, mask=mask_dn4 & (c % SAVE_EVERY == 0))
         m2 = mask_t[:, None] & mask_d[None, :]
-        u = tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
-        dl = tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0).to(tl.float32)
+        u = _to_f32(tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0))
+        dl = _to_f32(tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0))
         if HAS_BIAS:
             dl = dl + bias[None, :]
         if SOFTPLUS:
             dl = _softplus2(dl)
         dl = tl.where(m2, dl, 0.0)
         mnt = mask_t[:, None, None] & mask_n3
-        Bt = tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0).to(tl.float32)   # [BL, NQ, NR]
+        Bt = _to_f32(tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0))   # [BL, NQ, NR]
         a = tl.exp2(dl[:, None, :, None] * A2)                            # [BL, NQ, BD, NR]
         bx = (dl * u)[:, None, :, None] * Bt[:, :, None, :]
         if SUMMARY:
@@ -331,7 +382,7 @@ def scan_fwd_t4_kernel(
                 sel = l4 == s
                 h = _take(a, sel, nz) * h + _take(bx, sel, nz)
         else:
-            Ct = tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
+            Ct = _to_f32(tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0))
             hs = tl.zeros((BL, NQ, BD, NR), tl.float32)
             for s in tl.static_range(BL):
                 sel = l4 == s
@@ -341,8 +392,8 @@ def scan_fwd_t4_kernel(
             if HAS_D:
                 y = y + Dv[None, :] * u
             if HAS_Z:
-                zt = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
-                y = y * zt * tl.sigmoid(zt)
+                zt = _to_f32(tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0))
+                y = y * zt * _sigmoid(zt)
             tl.store(y_base + t64[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
     if SUMMARY:
         tl.store(hsum_ptr + pid_g * nb * dim * dstate + row4, h, mask=mask_dn4)
@@ -422,14 +473,14 @@ def scan_bwd_t4_kernel(
     gB_base = dB_ptr + pid_b * s_gb + k64 * s_gk + n3 * s_gn
     gC_base = dC_ptr + pid_b * s_gb + k64 * s_gk + n3 * s_gn
 
-    A = tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0).to(tl.float32)
+    A = _to_f32(tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0))
     A2 = A * 1.4426950408889634
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bias = _to_f32(tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0))
     Dv = tl.zeros((BD,), tl.float32)
     if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        Dv = _to_f32(tl.load(D_ptr + offs_d, mask=mask_d, other=0.0))
     row4 = (pid_b * dim + d4) * dstate + n4
     st_base = states_ptr + (pid_b * dim + d4) * nsaved * dstate + n4
     l4 = offs_l[:, None, None, None]
@@ -440,7 +491,7 @@ def scan_bwd_t4_kernel(
     # dL/dh after the last step and the decay a of the step after it: padded steps pass it unchanged
     dh = tl.zeros((1, NQ, BD, NR), tl.float32)
     if HAS_DLAST:
-        dh = tl.load(dlast_ptr + row4, mask=mask_dn4, other=0.0).to(tl.float32)
+        dh = _to_f32(tl.load(dlast_ptr + row4, mask=mask_dn4, other=0.0))
     if GROUPED:
         for k in range(ng - 1 - pid_g):
             j = ng - 1 - k
@@ -464,15 +515,15 @@ def scan_bwd_t4_kernel(
                 t = w * WIN + j * BL + offs_l
                 t64 = t.to(tl.int64)
                 m2 = (t < seqlen)[:, None] & mask_d[None, :]
-                u = tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
-                dl = tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0).to(tl.float32)
+                u = _to_f32(tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0))
+                dl = _to_f32(tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0))
                 if HAS_BIAS:
                     dl = dl + bias[None, :]
                 if SOFTPLUS:
                     dl = _softplus2(dl)
                 dl = tl.where(m2, dl, 0.0)
                 mnt = (t < seqlen)[:, None, None] & mask_n3
-                Bt = tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0).to(tl.float32)
+                Bt = _to_f32(tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0))
                 a = tl.exp2(dl[:, None, :, None] * A2)
                 bx = (dl * u)[:, None, :, None] * Bt[:, :, None, :]
                 for s in tl.static_range(BL):
@@ -487,8 +538,8 @@ def scan_bwd_t4_kernel(
             t = w * WIN + jb * BL + offs_l
             t64 = t.to(tl.int64)
             m2 = (t < seqlen)[:, None] & mask_d[None, :]
-            u = tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
-            pre = tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0).to(tl.float32)
+            u = _to_f32(tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0))
+            pre = _to_f32(tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0))
             if HAS_BIAS:
                 pre = pre + bias[None, :]
             if SOFTPLUS:
@@ -497,9 +548,9 @@ def scan_bwd_t4_kernel(
                 dl = pre
             dl = tl.where(m2, dl, 0.0)
             mnt = (t < seqlen)[:, None, None] & mask_n3
-            Bt = tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0).to(tl.float32)
-            Ct = tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
-            dout = tl.load(o_base + t64[:, None] * s_ol, mask=m2, other=0.0).to(tl.float32)
+            Bt = _to_f32(tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0))
+            Ct = _to_f32(tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0))
+            dout = _to_f32(tl.load(o_base + t64[:, None] * s_ol, mask=m2, other=0.0))
             dlu = dl * u
             a = tl.exp2(dl[:, None, :, None] * A2)                        # [BL, NQ, BD, NR]
             bx = dlu[:, None, :, None] * Bt[:, :, None, :]
@@ -509,11 +560,11 @@ def scan_bwd_t4_kernel(
                 h = _take(a, sel, nz) * h + _take(bx, sel, nz)
                 hs = tl.where(sel, h, hs)
             if HAS_Z:
-                zt = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
+                zt = _to_f32(tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0))
                 yv = tl.sum(tl.sum(hs * Ct[:, :, None, :], axis=3), axis=1)     # [BL, BD]
                 if HAS_D:
                     yv = yv + Dv[None, :] * u
-                sz = tl.sigmoid(zt)
+                sz = _sigmoid(zt)
                 dzt = dout * yv * sz * (1.0 + zt * (1.0 - sz))
                 tl.store(dz_base + t64[:, None] * s_dzl, dzt.to(dz_ptr.dtype.element_ty), mask=m2)
                 dy = dout * zt * sz
@@ -548,7 +599,7 @@ def scan_bwd_t4_kernel(
                 dut = dut + dy * Dv[None, :]
                 dD_acc += tl.sum(dy * u, axis=0)
             if SOFTPLUS:
-                ddl = ddl * tl.sigmoid(pre)
+                ddl = ddl * _sigmoid(pre)
             ddl = tl.where(m2, ddl, 0.0)
             db_acc += tl.sum(ddl, axis=0)
             tl.store(du_base + t64[:, None] * s_dul, dut.to(du_ptr.dtype.element_ty), mask=m2)
@@ -604,10 +655,10 @@ def scan_bwd_t4_summary_kernel(
     z_base = z_ptr + pid_b * s_zb + d64[None, :] * s_zd
     o_base = dout_ptr + pid_b * s_ob + d64[None, :] * s_od
     C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n3 * s_Cn
-    A2 = tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = _to_f32(tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0)) * 1.4426950408889634
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bias = _to_f32(tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0))
     row4 = (pid_b * dim + d4) * dstate + n4
     l4 = offs_l[:, None, None, None]
     nz = tl.zeros((BL, NQ, BD, NR), tl.float32) * -1.0
@@ -620,19 +671,19 @@ def scan_bwd_t4_summary_kernel(
         t = c * BL + offs_l
         t64 = t.to(tl.int64)
         m2 = (t < seqlen)[:, None] & mask_d[None, :]
-        dl = tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0).to(tl.float32)
+        dl = _to_f32(tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0))
         if HAS_BIAS:
             dl = dl + bias[None, :]
         if SOFTPLUS:
             dl = _softplus2(dl)
         dl = tl.where(m2, dl, 0.0)
         dsum += tl.sum(dl, axis=0)
-        dy = tl.load(o_base + t64[:, None] * s_ol, mask=m2, other=0.0).to(tl.float32)
+        dy = _to_f32(tl.load(o_base + t64[:, None] * s_ol, mask=m2, other=0.0))
         if HAS_Z:
-            zt = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
-            dy = dy * zt * tl.sigmoid(zt)
+            zt = _to_f32(tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0))
+            dy = dy * zt * _sigmoid(zt)
         mnt = (t < seqlen)[:, None, None] & mask_n3
-        Ct = tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
+        Ct = _to_f32(tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0))
         a = tl.exp2(dl[:, None, :, None] * A2)
         g = dy[:, None, :, None] * Ct[:, :, None, :]
         for rs in tl.static_range(BL):
