@@ -9,7 +9,6 @@ autograd Function in ``triton_scan_op.py``.
 from __future__ import annotations
 
 import torch
-import triton
 
 from .checks import check_conv_update_args, check_tensor
 from .reference import causal_conv1d_ref  # argument checks only (see _check_conv)
@@ -17,6 +16,7 @@ from .triton_conv import conv_bwd_kernel, conv_fwd_kernel, conv_update_kernel
 from .triton_interp import install as _install_interp
 from .triton_norm import rms_bwd_kernel, rms_fwd_kernel
 from .triton_scan_op import _pow2, selective_scan
+from .triton_tune import cdiv, sm_count
 from .triton_update import state_update_kernel
 
 _install_interp()
@@ -35,7 +35,7 @@ def _conv_launch(x, weight, bias, init, out, dy, silu, grad):
     dummy = x
     i = init if init is not None else dummy
     g = dy if dy is not None else out
-    grid = (triton.cdiv(seqlen, _CONV_BL), triton.cdiv(dim, _CONV_BD), batch)
+    grid = (cdiv(seqlen, _CONV_BL), cdiv(dim, _CONV_BD), batch)
     conv_fwd_kernel[grid](
         x, weight, bias if bias is not None else dummy, i, out, g,
         dim, seqlen, *x.stride(), *(i.stride() if init is not None else (0, 0, 0)), *out.stride(), *g.stride(),
@@ -61,12 +61,12 @@ class CausalConv1dFn(torch.autograd.Function):
         W = weight.shape[1]
         g = torch.empty((batch, dim, seqlen), device=x.device, dtype=torch.float32)
         _conv_launch(x, weight, bias, init, g, dy, ctx.silu, True)
-        nblocks = triton.cdiv(seqlen, _CONV_BL)
+        nblocks = cdiv(seqlen, _CONV_BL)
         dx = torch.empty((batch, dim, seqlen), device=x.device, dtype=x.dtype)
         dw_p = torch.empty((batch, nblocks, dim, W), device=x.device, dtype=torch.float32)
         db_p = torch.empty((batch, nblocks, dim), device=x.device, dtype=torch.float32)
         dummy = x
-        grid = (nblocks, triton.cdiv(dim, _CONV_BD), batch)
+        grid = (nblocks, cdiv(dim, _CONV_BD), batch)
         conv_bwd_kernel[grid](
             g, x, weight, init if init is not None else dummy, dx, dw_p, db_p,
             dim, seqlen, nblocks, *x.stride(), *(init.stride() if init is not None else (0, 0, 0)), *dx.stride(),
@@ -123,7 +123,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     batch, dim, W = check_conv_update_args(x, conv_state, weight, bias, activation)
     y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
     BD = min(64, _pow2(dim))
-    conv_update_kernel[(triton.cdiv(dim, BD), batch)](
+    conv_update_kernel[(cdiv(dim, BD), batch)](
         x, conv_state, weight.contiguous(), bias if bias is not None else y, y,
         dim, *x.stride(), *conv_state.stride(), *y.stride(),
         W=W, WP=max(2, _pow2(W)), BD=BD, HAS_BIAS=bias is not None, SILU=activation is not None, num_warps=4)
@@ -159,7 +159,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     cs = (C.stride(0), 0, C.stride(1)) if C.dim() == 2 else C.stride()
     BD = min(16, _pow2(dim))
     dummy = y
-    state_update_kernel[(triton.cdiv(dim, BD), batch)](
+    state_update_kernel[(cdiv(dim, BD), batch)](
         state, x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         dt_bias if dt_bias is not None else dummy, y,
         dim, dstate, dim // groups, *state.stride(), *x.stride(), *dt.stride(),
@@ -213,7 +213,7 @@ class RMSNormFn(torch.autograd.Function):
         ds2 = _rows(ds_in, H) if ds_in is not None else None
         dx = torch.empty((M, H), device=dev, dtype=x2.dtype)
         dres = torch.empty((M, H), device=dev, dtype=ctx.res_dtype) if r2 is not None else dx
-        nprog = max(1, min(M, 4 * _sm_count(dev)))
+        nprog = max(1, min(M, 4 * sm_count(dev, cpu=2)))
         dw_p = torch.empty((nprog, H), device=dev, dtype=torch.float32)
         BH = _pow2(H)
         if M:
@@ -228,12 +228,6 @@ class RMSNormFn(torch.autograd.Function):
         dw = dw_p.sum(0).to(weight.dtype)
         return (dx.reshape(ctx.shape), dw, dres.reshape(ctx.shape) if r2 is not None else None,
                 None, None, None)
-
-
-def _sm_count(dev) -> int:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_properties(dev).multi_processor_count
-    return 2
 
 
 def rms_norm(x, weight, residual=None, eps=1e-5, prenorm=False, residual_in_fp32=False):

@@ -268,6 +268,10 @@ def _to_f32(x):
     if FAST_MATH and x.dtype == tl.bfloat16:
         return tl.inline_asm_elementwise("cvt.f32.bf16 $0, $1;", "=r,h", [x], dtype=tl.float32,
                                          is_pure=True, pack=1)
+    elif FAST_MATH and x.dtype == tl.float32:
+        # an opaque copy: keeps a prefetched tile in its compact load layout until it is used
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
     else:
         return x.to(tl.float32)
 
@@ -281,6 +285,28 @@ def _softplus2(x):
 @triton.jit
 def _sigmoid(x):
     return _rcp(1.0 + _ex2(-1.4426950408889634 * x))
+
+
+@triton.jit
+def _chunk_loads(c, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
+                 s_ul, s_dl, s_Bl, s_Cl, s_zl, BL: tl.constexpr, WITH_C: tl.constexpr, WITH_Z: tl.constexpr):
+    """Chunk c's raw u, delta [BL, BD], B, C [BL, NQ, NR] and z tiles (zeros past seqlen); C and z are
+    placeholders (u's and B's tiles) when not needed."""
+    t = c * BL + offs_l
+    t64 = t.to(tl.int64)
+    mask_t = t < seqlen
+    m2 = mask_t[:, None] & mask_d[None, :]
+    mnt = mask_t[:, None, None] & mask_n3
+    u = tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0)
+    dl = tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0)
+    B = tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0)
+    C = B
+    if WITH_C:
+        C = tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0)
+    z = u
+    if WITH_Z:
+        z = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0)
+    return u, dl, B, C, z
 
 
 @triton.jit
@@ -358,22 +384,30 @@ def scan_fwd_t4_kernel(
     nz = tl.zeros((BL, NQ, BD, NR), tl.float32) * -1.0
     dsum = tl.zeros((BD,), tl.float32)
 
-    for c in range(pid_g * cpp, tl.minimum(pid_g * cpp + cpp, nchunks)):
+    # software pipelining: the next chunk's raw tiles are loaded before this chunk's arithmetic, so
+    # their DRAM latency overlaps it (a one-warp program has few neighbours on the SM to hide it)
+    c_lo = pid_g * cpp
+    c_hi = tl.minimum(c_lo + cpp, nchunks)
+    nxt = _chunk_loads(c_lo, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
+                       s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, not SUMMARY, HAS_Z and not SUMMARY)
+    for c in range(c_lo, c_hi):
+        u_raw, dl_raw, B_raw, C_raw, z_raw = nxt
+        nxt = _chunk_loads(c + 1, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
+                           s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, not SUMMARY, HAS_Z and not SUMMARY)
         t = c * BL + offs_l
         mask_t = t < seqlen
         t64 = t.to(tl.int64)
         if SAVE_STATES:
             tl.store(st_base + (c // SAVE_EVERY) * dstate, h, mask=mask_dn4 & (c % SAVE_EVERY == 0))
         m2 = mask_t[:, None] & mask_d[None, :]
-        u = _to_f32(tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0))
-        dl = _to_f32(tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0))
+        u = _to_f32(u_raw)
+        dl = _to_f32(dl_raw)
         if HAS_BIAS:
             dl = dl + bias[None, :]
         if SOFTPLUS:
             dl = _softplus2(dl)
         dl = tl.where(m2, dl, 0.0)
-        mnt = mask_t[:, None, None] & mask_n3
-        Bt = _to_f32(tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0))   # [BL, NQ, NR]
+        Bt = _to_f32(B_raw)                                                 # [BL, NQ, NR]
         a = tl.exp2(dl[:, None, :, None] * A2)                            # [BL, NQ, BD, NR]
         bx = (dl * u)[:, None, :, None] * Bt[:, :, None, :]
         if SUMMARY:
@@ -382,7 +416,7 @@ def scan_fwd_t4_kernel(
                 sel = l4 == s
                 h = _take(a, sel, nz) * h + _take(bx, sel, nz)
         else:
-            Ct = _to_f32(tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0))
+            Ct = _to_f32(C_raw)
             hs = tl.zeros((BL, NQ, BD, NR), tl.float32)
             for s in tl.static_range(BL):
                 sel = l4 == s
@@ -392,7 +426,7 @@ def scan_fwd_t4_kernel(
             if HAS_D:
                 y = y + Dv[None, :] * u
             if HAS_Z:
-                zt = _to_f32(tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0))
+                zt = _to_f32(z_raw)
                 y = y * zt * _sigmoid(zt)
             tl.store(y_base + t64[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
     if SUMMARY:
@@ -400,6 +434,18 @@ def scan_fwd_t4_kernel(
         tl.store(ssum_ptr + (pid_g * nb + pid_b) * dim + d64, dsum, mask=mask_d)
     elif pid_g == tl.num_programs(2) - 1:
         tl.store(last_ptr + row4, h, mask=mask_dn4)
+
+
+@triton.jit
+def _bwd_chunk_loads(c, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base, o_base,
+                     s_ul, s_dl, s_Bl, s_Cl, s_zl, s_ol, BL: tl.constexpr, HAS_Z: tl.constexpr):
+    """_chunk_loads plus the output gradient's [BL, BD] tile, for the backward."""
+    u, dl, B, C, z = _chunk_loads(c, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
+                                  s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, True, HAS_Z)
+    t = c * BL + offs_l
+    m2 = (t < seqlen)[:, None] & mask_d[None, :]
+    dout = tl.load(o_base + t.to(tl.int64)[:, None] * s_ol, mask=m2, other=0.0)
+    return u, dl, B, C, z, dout
 
 
 @triton.jit
@@ -504,6 +550,9 @@ def scan_bwd_t4_kernel(
     dA_acc = tl.zeros((1, NQ, BD, NR), tl.float32)
     dD_acc = tl.zeros((BD,), tl.float32)
     db_acc = tl.zeros((BD,), tl.float32)
+    # pass B's tiles are prefetched one sub-chunk ahead (in its reverse order), as in the forward
+    nxt = _bwd_chunk_loads(w_hi * SUB - 1, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base,
+                           z_base, o_base, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_ol, BL, HAS_Z)
     for i in range(w_hi - w_lo):
         w = w_hi - 1 - i
         h = tl.load(st_base + w * dstate, mask=mask_dn4, other=0.0)
@@ -535,11 +584,16 @@ def scan_bwd_t4_kernel(
             jb = SUB - 1 - jj
             h = _take(hst, j4 == jb, nzs)
             h0 = h
+            u_raw, pre_raw, B_raw, C_raw, z_raw, o_raw = nxt
+            # the sub-chunk before this one in time (chunk 0 again at the very start: unused)
+            nxt = _bwd_chunk_loads(tl.maximum(w * SUB + jb - 1, 0), offs_l, seqlen, mask_d, mask_n3, u_base,
+                                   dl_base, B_base, C_base, z_base, o_base, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_ol,
+                                   BL, HAS_Z)
             t = w * WIN + jb * BL + offs_l
             t64 = t.to(tl.int64)
             m2 = (t < seqlen)[:, None] & mask_d[None, :]
-            u = _to_f32(tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0))
-            pre = _to_f32(tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0))
+            u = _to_f32(u_raw)
+            pre = _to_f32(pre_raw)
             if HAS_BIAS:
                 pre = pre + bias[None, :]
             if SOFTPLUS:
@@ -548,9 +602,9 @@ def scan_bwd_t4_kernel(
                 dl = pre
             dl = tl.where(m2, dl, 0.0)
             mnt = (t < seqlen)[:, None, None] & mask_n3
-            Bt = _to_f32(tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0))
-            Ct = _to_f32(tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0))
-            dout = _to_f32(tl.load(o_base + t64[:, None] * s_ol, mask=m2, other=0.0))
+            Bt = _to_f32(B_raw)
+            Ct = _to_f32(C_raw)
+            dout = _to_f32(o_raw)
             dlu = dl * u
             a = tl.exp2(dl[:, None, :, None] * A2)                        # [BL, NQ, BD, NR]
             bx = dlu[:, None, :, None] * Bt[:, :, None, :]
@@ -560,7 +614,7 @@ def scan_bwd_t4_kernel(
                 h = _take(a, sel, nz) * h + _take(bx, sel, nz)
                 hs = tl.where(sel, h, hs)
             if HAS_Z:
-                zt = _to_f32(tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0))
+                zt = _to_f32(z_raw)
                 yv = tl.sum(tl.sum(hs * Ct[:, :, None, :], axis=3), axis=1)     # [BL, BD]
                 if HAS_D:
                     yv = yv + Dv[None, :] * u
@@ -659,7 +713,6 @@ def scan_bwd_t4_summary_kernel(
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
         bias = _to_f32(tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0))
-    row4 = (pid_b * dim + d4) * dstate + n4
     l4 = offs_l[:, None, None, None]
     nz = tl.zeros((BL, NQ, BD, NR), tl.float32) * -1.0
     e = tl.zeros((1, NQ, BD, NR), tl.float32)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
 
 from . import triton_tune
+from .triton_tune import cdiv, sm_count
 from .checks import check_selective_scan_args
 from .triton_scan import (scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fwd_kernel, scan_fwd_t4_kernel,
                           scan_fwd_tm_kernel)
@@ -75,10 +75,50 @@ def _candidates(dim, groups, cfgs, kind):
 # shape on first use; with LONGSEQ_AUTOTUNE=0 the first valid one is used.
 FWD_CFGS = [("t4", 32, 16, 4), ("t4", 16, 16, 2), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
             ("tm", 4, 64, 4), ("tm", 2, 32, 4), ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4), ("t4", 32, 16, 4, 8),
-            ("t4", 32, 8, 4, 8)]
+            ("t4", 32, 8, 4, 8), ("t4", 32, 8, 4, 12), ("t4", 32, 8, 4, 16)]
 FWD_TRAIN_CFGS = [("t4", 16, 16, 2), ("t4", 32, 16, 4), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
-                  ("tm", 4, SAVE_CHUNK, 4), ("tm", 2, SAVE_CHUNK, 4), ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4)]
-BWD_CFGS = [("t4", 4, 8, 1), ("t4", 8, 8, 1), ("t4", 4, 8, 1, 16), ("t4", 4, 8, 1, 24), ("t4", 4, 8, 1, 32)]
+                  ("tm", 4, SAVE_CHUNK, 4), ("tm", 2, SAVE_CHUNK, 4), ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4),
+                  ("t4", 32, 8, 4, 8), ("t4", 32, 8, 4, 16)]
+BWD_CFGS = [("t4", 4, 8, 1), ("t4", 8, 8, 1), ("t4", 4, 8, 1, 16), ("t4", 4, 8, 1, 24), ("t4", 4, 8, 1, 32),
+            ("t4", 4, 8, 1, 48), ("t4", 4, 8, 1, 64)]
+
+
+# Knobs read by the candidate lists and group counts: part of the memo key below, so a changed
+# environment (tests, sweeps) gets fresh lists while repeated calls skip rebuilding them.
+_KNOBS = ("LONGSEQ_SCAN_FWD_VARIANT", "LONGSEQ_SCAN_FWD_CFGS", "LONGSEQ_SCAN_BWD_CFGS", "TRITON_INTERPRET",
+          "LONGSEQ_SCAN_GROUPS", "LONGSEQ_SCAN_BWD_GROUPS")
+_CANDS: dict = {}
+
+
+def _fwd_candidates(batch, dim, seqlen, groups, dev, save_states):
+    key = ("fwd", batch, dim, seqlen, groups, str(dev), save_states) + tuple(os.environ.get(k) for k in _KNOBS)
+    cands = _CANDS.get(key)
+    if cands is None:
+        if save_states:
+            cands = _candidates(dim, groups, FWD_TRAIN_CFGS, "fwd_train")
+        else:
+            cands = _candidates(dim, groups, FWD_CFGS, "fwd")
+
+        # a configuration with its own groups-per-SM target (5th field) that resolves to the same
+        # group count as its 3-per-SM twin is a duplicate: not timed
+        def _g(c):
+            if c[0] != "t4":
+                return 1
+            return _n_groups(batch * cdiv(dim, c[1]), cdiv(seqlen, c[2]), dev, c[4] if len(c) > 4 else 3)
+        cands = _CANDS[key] = [c for c in cands if len(c) < 5 or _g(c) != _g(c[:4])] or cands
+    return cands
+
+
+def _bwd_candidates(batch, dim, nsaved, groups, dev):
+    key = ("bwd", batch, dim, nsaved, groups, str(dev)) + tuple(os.environ.get(k) for k in _KNOBS)
+    cands = _CANDS.get(key)
+    if cands is None:
+        cands = _candidates(dim, groups, BWD_CFGS, "bwd")
+        # a chunk-parallel configuration (5th field: programs per SM) that resolves to one group is a
+        # duplicate of its plain one: not timed
+        split = [c for c in cands if len(c) < 5 or _n_bwd_groups(batch * cdiv(dim, c[1]), nsaved, c[4], dev) > 1]
+        cands = _CANDS[key] = split or cands
+    return cands
 
 
 def deterministic() -> bool:
@@ -112,24 +152,14 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
     if initial_state is not None:
         initial_state = initial_state.float().contiguous()
     dummy = y
-    if save_states:
-        cands = _candidates(dim, groups, FWD_TRAIN_CFGS, "fwd_train")
-    else:
-        cands = _candidates(dim, groups, FWD_CFGS, "fwd")
-    # a configuration with its own groups-per-SM target (5th field) that resolves to the same group
-    # count as its 3-per-SM twin is a duplicate: not timed
-    def _g(c):
-        if c[0] != "t4":
-            return 1
-        return _n_groups(batch * triton.cdiv(dim, c[1]), triton.cdiv(seqlen, c[2]), dev, c[4] if len(c) > 4 else 3)
-    cands = [c for c in cands if len(c) < 5 or _g(c) != _g(c[:4])] or cands
+    cands = _fwd_candidates(batch, dim, seqlen, groups, dev, save_states)
     states_holder = {}
 
     def run(cfg):
         variant, bd, bl, warps = cfg[:4]
         kernel = {"tm": scan_fwd_tm_kernel, "t4": scan_fwd_t4_kernel}.get(variant, scan_fwd_kernel)
-        nchunks = triton.cdiv(seqlen, bl)
-        grid = (triton.cdiv(dim, bd), batch)
+        nchunks = cdiv(seqlen, bl)
+        grid = (cdiv(dim, bd), batch)
         args_in = (u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
                    delta_bias if delta_bias is not None else dummy,
                    initial_state if initial_state is not None else dummy)
@@ -140,7 +170,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
         save_every = max(1, SAVE_CHUNK // bl) if (save_states and variant == "t4") else 1
         if save_states:
             # t4 saves the state every SAVE_CHUNK steps whatever its chunk (BL divides SAVE_CHUNK)
-            nsaved = triton.cdiv(nchunks, save_every)
+            nsaved = cdiv(nchunks, save_every)
             states = states_holder.get(nsaved)
             if states is None:
                 states = torch.empty((batch, dim, nsaved, dstate), device=dev, dtype=torch.float32)
@@ -153,8 +183,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
                                           SAVE_STATES=save_states, **flags)
             return states
         G = _n_groups(batch * grid[0], nchunks, dev, cfg[4] if len(cfg) > 4 else 3)
-        cpp = triton.cdiv(triton.cdiv(nchunks, G), save_every) * save_every   # group edges on saved states
-        G = triton.cdiv(nchunks, cpp)
+        cpp = cdiv(cdiv(nchunks, G), save_every) * save_every   # group edges on saved states
+        G = cdiv(nchunks, cpp)
         t4 = dict(NR=min(4, NP), SAVE_EVERY=save_every, SAVE_STATES=save_states, **flags)
         hsum = ssum = last
         if G > 1:
@@ -185,10 +215,10 @@ def _n_groups(programs: int, nchunks: int, dev, per_sm: int = 3) -> int:
     forced = os.environ.get("LONGSEQ_SCAN_GROUPS")
     if forced:
         return max(1, min(int(forced), nchunks))
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 132
+    sms = sm_count(dev, cpu=132)
     if programs >= 2 * sms:
         return 1
-    return max(1, min(triton.cdiv(per_sm * sms, programs), nchunks // MIN_GROUP_CHUNKS))
+    return max(1, min(cdiv(per_sm * sms, programs), nchunks // MIN_GROUP_CHUNKS))
 
 
 MIN_GROUP_CHUNKS = 256
@@ -204,10 +234,10 @@ def _n_bwd_groups(programs: int, nsaved: int, per_sm: int, dev) -> int:
         return max(1, min(int(forced), nsaved))
     if per_sm <= 0:
         return 1
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 132
+    sms = sm_count(dev, cpu=132)
     if programs >= per_sm * sms:
         return 1
-    return max(1, min(triton.cdiv(per_sm * sms, programs), nsaved // MIN_BWD_GROUP_WINDOWS))
+    return max(1, min(cdiv(per_sm * sms, programs), nsaved // MIN_BWD_GROUP_WINDOWS))
 
 
 def _bucket(n: int) -> int:
@@ -227,19 +257,15 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
     dummy = du
     if dlast is not None:
         dlast = dlast.float().contiguous()
-    cands = _candidates(dim, groups, BWD_CFGS, "bwd")
-    # a chunk-parallel configuration (5th field: programs per SM) that resolves to one group is a
-    # duplicate of its plain one: not timed
-    split = [c for c in cands if len(c) < 5 or _n_bwd_groups(batch * triton.cdiv(dim, c[1]), nsaved, c[4], dev) > 1]
-    cands = split or cands
+    cands = _bwd_candidates(batch, dim, nsaved, groups, dev)
     bufs = {}
 
     def run(cfg):
         _, bd, bl, warps = cfg[:4]
-        G = _n_bwd_groups(batch * triton.cdiv(dim, bd), nsaved, cfg[4] if len(cfg) > 4 else 0, dev)
-        wpg = triton.cdiv(nsaved, G)
-        G = triton.cdiv(nsaved, wpg)
-        K = triton.cdiv(dim, bd) if det else groups
+        G = _n_bwd_groups(batch * cdiv(dim, bd), nsaved, cfg[4] if len(cfg) > 4 else 0, dev)
+        wpg = cdiv(nsaved, G)
+        G = cdiv(nsaved, wpg)
+        K = cdiv(dim, bd) if det else groups
         gB = bufs.get(("B", K))
         if gB is None:
             gB = bufs[("B", K)] = torch.empty((batch, K, dstate, seqlen), device=dev, dtype=torch.float32)
@@ -253,7 +279,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
         dD_p = torch.empty((G * batch, dim), device=dev, dtype=torch.float32)
         db_p = torch.empty((G * batch, dim), device=dev, dtype=torch.float32)
         esum = ssum = dA_p
-        grid = (triton.cdiv(dim, bd), batch, G)
+        grid = (cdiv(dim, bd), batch, G)
         if G > 1:
             esum = torch.empty((G, batch, dim, dstate), device=dev, dtype=torch.float32)
             ssum = torch.empty((G, batch, dim), device=dev, dtype=torch.float32)

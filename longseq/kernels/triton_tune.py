@@ -8,6 +8,7 @@ can be switched off with ``LONGSEQ_AUTOTUNE=0`` (the first valid candidate is us
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -46,3 +47,21 @@ def pick(name: str, key, candidates: list, run, device_tensor: torch.Tensor):
     _CACHE[full] = best
     LOG.append((name, key, best, best_ms))
     return best
+
+
+# Launch-time helpers. They run on every kernel call, so they stay cheap: triton.cdiv is a JIT
+# function (~5 us per call from Python) and get_device_properties is not free either.
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(dev: torch.device, cpu: int) -> int:
+    """Streaming multiprocessors of a CUDA device; ``cpu`` for other devices (the interpreter)."""
+    if dev.type != "cuda":
+        return cpu
+    return _cuda_sm_count(dev.index if dev.index is not None else torch.cuda.current_device())
