@@ -78,10 +78,10 @@ def main():
         if (args.only and kind != args.only) or (args.quick and b == 1):
             continue
         t = make(b, d, L, getattr(torch, dt))
-        states = None
+        states = ypre = None
         if kind == "bwd":
             FORCED["scan_fwd"] = None
-            _, _, states = op._fwd(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["bias"], True,
+            _, _, states, ypre = op._fwd(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["bias"], True,
                                    None, True)
         ref = None
         for c in cfgs:
@@ -91,7 +91,7 @@ def main():
 
                 def call():
                     return op._bwd(t["dy"], None, t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
-                                   t["bias"], True, states, [True] * 9)
+                                   t["bias"], True, states, [True] * 9, ypre)
             else:
                 FORCED["scan_fwd"] = parse(c)
                 name = "scan_fwd" + ("_train" if kind == "train" else "")

@@ -312,7 +312,7 @@ def _chunk_loads(c, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_
 @triton.jit
 def scan_fwd_t4_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
-    y_ptr, states_ptr, last_ptr, hsum_ptr, ssum_ptr,
+    y_ptr, ypre_ptr, states_ptr, last_ptr, hsum_ptr, ssum_ptr,
     dim, seqlen, dstate, per_group, nchunks, cpp,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
@@ -320,6 +320,7 @@ def scan_fwd_t4_kernel(
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, SAVE_EVERY: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr, SUMMARY: tl.constexpr, GROUPED: tl.constexpr,
+    SAVE_YPRE: tl.constexpr,
 ):
     """Forward with 4-D tiles [BL, NQ, BD, NR] (state n = q * NR + r) and a sequential recurrence.
 
@@ -330,7 +331,9 @@ def scan_fwd_t4_kernel(
     solved by an unrolled loop over its BL steps (h = a_t * h + b_t, one FFMA per element; the scan
     of v1-v3 spent 3), y's sum over n is NR-1 in-thread FMAs and log2(NQ) shuffles per step, and the
     chunk's last state is a register, not a reduction. With SAVE_STATES the state is stored every
-    SAVE_EVERY chunks (every SAVE_EVERY * BL steps), for the backward.
+    SAVE_EVERY chunks (every SAVE_EVERY * BL steps), for the backward; with SAVE_YPRE the output
+    before the z gate (y + D u) too, so that the backward's dz needs no second sum over the states
+    (mamba_ssm saves it for the same reason).
 
     Chunk-parallel mode (few programs, e.g. batch 1 at 256K): grid axis 2 splits the sequence into
     groups of ``cpp`` chunks. Pass 1 (SUMMARY) runs each group from a zero state and stores its end
@@ -358,6 +361,7 @@ def scan_fwd_t4_kernel(
     u_base = u_ptr + pid_b * s_ub + d64[None, :] * s_ud
     dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
     y_base = y_ptr + pid_b * s_yb + d64[None, :] * s_yd
+    ypre_base = ypre_ptr + (pid_b * dim + d64[None, :]) * seqlen       # contiguous (batch, dim, seqlen)
     z_base = z_ptr + pid_b * s_zb + d64[None, :] * s_zd
     B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n3 * s_Bn
     C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n3 * s_Cn
@@ -426,6 +430,8 @@ def scan_fwd_t4_kernel(
             if HAS_D:
                 y = y + Dv[None, :] * u
             if HAS_Z:
+                if SAVE_YPRE:
+                    tl.store(ypre_base + t64[:, None], y.to(ypre_ptr.dtype.element_ty), mask=m2)
                 zt = _to_f32(z_raw)
                 y = y * zt * _sigmoid(zt)
             tl.store(y_base + t64[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
@@ -438,19 +444,24 @@ def scan_fwd_t4_kernel(
 
 @triton.jit
 def _bwd_chunk_loads(c, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base, o_base,
-                     s_ul, s_dl, s_Bl, s_Cl, s_zl, s_ol, BL: tl.constexpr, HAS_Z: tl.constexpr):
-    """_chunk_loads plus the output gradient's [BL, BD] tile, for the backward."""
+                     yp_base, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_ol, BL: tl.constexpr, HAS_Z: tl.constexpr,
+                     HAS_YPRE: tl.constexpr):
+    """_chunk_loads plus the output gradient's [BL, BD] tile and the saved pre-gate output's (a
+    placeholder without it), for the backward."""
     u, dl, B, C, z = _chunk_loads(c, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
                                   s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, True, HAS_Z)
-    t = c * BL + offs_l
-    m2 = (t < seqlen)[:, None] & mask_d[None, :]
-    dout = tl.load(o_base + t.to(tl.int64)[:, None] * s_ol, mask=m2, other=0.0)
-    return u, dl, B, C, z, dout
+    t64 = (c * BL + offs_l).to(tl.int64)
+    m2 = (t64 < seqlen)[:, None] & mask_d[None, :]
+    dout = tl.load(o_base + t64[:, None] * s_ol, mask=m2, other=0.0)
+    ypre = dout
+    if HAS_YPRE:
+        ypre = tl.load(yp_base + t64[:, None], mask=m2, other=0.0)
+    return u, dl, B, C, z, dout, ypre
 
 
 @triton.jit
 def scan_bwd_t4_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr, ypre_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dinit_ptr, esum_ptr, ssum_ptr,
     dim, seqlen, dstate, per_group, nsaved, wpg,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
@@ -460,7 +471,7 @@ def scan_bwd_t4_kernel(
     s_gb, s_gk, s_gn, s_gl,
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, WIN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DLAST: tl.constexpr, DETERMINISTIC: tl.constexpr, GROUPED: tl.constexpr,
+    HAS_DLAST: tl.constexpr, DETERMINISTIC: tl.constexpr, GROUPED: tl.constexpr, HAS_YPRE: tl.constexpr,
 ):
     """Backward with the t4 forward's tiles [BL, NQ, BD, NR] and unrolled per-thread recurrences (v5).
 
@@ -507,6 +518,7 @@ def scan_bwd_t4_kernel(
     dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
     z_base = z_ptr + pid_b * s_zb + d64[None, :] * s_zd
     o_base = dout_ptr + pid_b * s_ob + d64[None, :] * s_od
+    yp_base = ypre_ptr + (pid_b * dim + d64[None, :]) * seqlen       # contiguous (batch, dim, seqlen)
     du_base = du_ptr + pid_b * s_dub + d64[None, :] * s_dud
     ddl_base = ddelta_ptr + pid_b * s_ddb + d64[None, :] * s_ddd
     dz_base = dz_ptr + pid_b * s_dzb + d64[None, :] * s_dzd
@@ -552,7 +564,7 @@ def scan_bwd_t4_kernel(
     db_acc = tl.zeros((BD,), tl.float32)
     # pass B's tiles are prefetched one sub-chunk ahead (in its reverse order), as in the forward
     nxt = _bwd_chunk_loads(w_hi * SUB - 1, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base,
-                           z_base, o_base, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_ol, BL, HAS_Z)
+                           z_base, o_base, yp_base, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_ol, BL, HAS_Z, HAS_YPRE)
     for i in range(w_hi - w_lo):
         w = w_hi - 1 - i
         h = tl.load(st_base + w * dstate, mask=mask_dn4, other=0.0)
@@ -584,11 +596,11 @@ def scan_bwd_t4_kernel(
             jb = SUB - 1 - jj
             h = _take(hst, j4 == jb, nzs)
             h0 = h
-            u_raw, pre_raw, B_raw, C_raw, z_raw, o_raw = nxt
+            u_raw, pre_raw, B_raw, C_raw, z_raw, o_raw, yp_raw = nxt
             # the sub-chunk before this one in time (chunk 0 again at the very start: unused)
             nxt = _bwd_chunk_loads(tl.maximum(w * SUB + jb - 1, 0), offs_l, seqlen, mask_d, mask_n3, u_base,
-                                   dl_base, B_base, C_base, z_base, o_base, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_ol,
-                                   BL, HAS_Z)
+                                   dl_base, B_base, C_base, z_base, o_base, yp_base, s_ul, s_dl, s_Bl, s_Cl, s_zl,
+                                   s_ol, BL, HAS_Z, HAS_YPRE)
             t = w * WIN + jb * BL + offs_l
             t64 = t.to(tl.int64)
             m2 = (t < seqlen)[:, None] & mask_d[None, :]
@@ -615,9 +627,12 @@ def scan_bwd_t4_kernel(
                 hs = tl.where(sel, h, hs)
             if HAS_Z:
                 zt = _to_f32(z_raw)
-                yv = tl.sum(tl.sum(hs * Ct[:, :, None, :], axis=3), axis=1)     # [BL, BD]
-                if HAS_D:
-                    yv = yv + Dv[None, :] * u
+                if HAS_YPRE:
+                    yv = _to_f32(yp_raw)                                    # y + D u before the gate
+                else:
+                    yv = tl.sum(tl.sum(hs * Ct[:, :, None, :], axis=3), axis=1)     # [BL, BD]
+                    if HAS_D:
+                        yv = yv + Dv[None, :] * u
                 sz = _sigmoid(zt)
                 dzt = dout * yv * sz * (1.0 + zt * (1.0 - sz))
                 tl.store(dz_base + t64[:, None] * s_dzl, dzt.to(dz_ptr.dtype.element_ty), mask=m2)

@@ -154,6 +154,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
     dummy = y
     cands = _fwd_candidates(batch, dim, seqlen, groups, dev, save_states)
     states_holder = {}
+    # the training forward with z also writes the output before the gate (read by the backward's dz)
+    ypre = torch.empty_like(y) if (save_states and z is not None) else None
 
     def run(cfg):
         variant, bd, bl, warps = cfg[:4]
@@ -181,29 +183,32 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
         if variant != "t4":
             COMPILED[name] = kernel[grid](*args_in, y, states, last, dim, seqlen, dstate, per, nchunks, *strides,
                                           SAVE_STATES=save_states, **flags)
-            return states
+            return states, None
         G = _n_groups(batch * grid[0], nchunks, dev, cfg[4] if len(cfg) > 4 else 3)
         cpp = cdiv(cdiv(nchunks, G), save_every) * save_every   # group edges on saved states
         G = cdiv(nchunks, cpp)
-        t4 = dict(NR=min(4, NP), SAVE_EVERY=save_every, SAVE_STATES=save_states, **flags)
+        t4 = dict(NR=min(4, NP), SAVE_EVERY=save_every, SAVE_STATES=save_states, SAVE_YPRE=ypre is not None, **flags)
+        yp = ypre if ypre is not None else y
         hsum = ssum = last
         if G > 1:
             hsum = torch.empty((G, batch, dim, dstate), device=dev, dtype=torch.float32)
             ssum = torch.empty((G, batch, dim), device=dev, dtype=torch.float32)
             # the last group's summary is never read: pass 1 runs groups 0 .. G-2 only
             COMPILED[name + "_pass1"] = kernel[grid + (G - 1,)](
-                *args_in, y, states, last, hsum, ssum, dim, seqlen, dstate, per, nchunks, cpp, *strides,
-                SUMMARY=True, GROUPED=False, **dict(t4, SAVE_STATES=False))
+                *args_in, y, yp, states, last, hsum, ssum, dim, seqlen, dstate, per, nchunks, cpp, *strides,
+                SUMMARY=True, GROUPED=False, **dict(t4, SAVE_STATES=False, SAVE_YPRE=False))
         COMPILED[name] = kernel[grid + (G,)](
-            *args_in, y, states, last, hsum, ssum, dim, seqlen, dstate, per, nchunks, cpp, *strides,
+            *args_in, y, yp, states, last, hsum, ssum, dim, seqlen, dstate, per, nchunks, cpp, *strides,
             SUMMARY=False, GROUPED=G > 1, **t4)
-        return states
+        return states, ypre
 
     key = (batch, dim, _bucket(seqlen), dstate, groups, str(u.dtype), D is not None, z is not None,
            delta_bias is not None, bool(softplus), initial_state is not None, save_states)
     cfg = triton_tune.pick("scan_fwd", key, cands, run, u)
-    states = run(cfg)
-    return y, last, (states if save_states else None)
+    states, ypre = run(cfg)
+    if not save_states:
+        return y, last, None, None
+    return y, last, states, ypre
 
 
 def _n_groups(programs: int, nchunks: int, dev, per_sm: int = 3) -> int:
@@ -244,7 +249,7 @@ def _bucket(n: int) -> int:
     return _pow2(n)
 
 
-def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, need):
+def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, need, ypre=None):
     batch, dim, seqlen, dstate, groups, per, NP = _sizes(u, A, B)
     dev = u.device
     nsaved = states.shape[2]
@@ -293,6 +298,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
         COMPILED["scan_bwd"] = scan_bwd_t4_kernel[grid](
             u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, states, dout, dlast if dlast is not None else dummy,
+            ypre if ypre is not None else dummy,
             du, ddelta, dz, gB, gC, dA_p, dD_p, db_p, dinit, esum, ssum,
             dim, seqlen, dstate, per, nsaved, wpg,
             *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
@@ -301,7 +307,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
             gB.stride(0), gB.stride(1), gB.stride(2), gB.stride(3),
             BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(softplus), HAS_DLAST=dlast is not None, DETERMINISTIC=det,
-            NR=min(4, NP), WIN=SAVE_CHUNK, GROUPED=G > 1, num_warps=warps,
+            NR=min(4, NP), WIN=SAVE_CHUNK, GROUPED=G > 1, HAS_YPRE=ypre is not None, num_warps=warps,
         )
         return gB, gC, K, dA_p, dD_p, db_p
 
@@ -328,9 +334,9 @@ class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state):
         save = any(ctx.needs_input_grad)
-        y, last, states = _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save)
+        y, last, states, ypre = _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save)
         if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, ypre)
             ctx.softplus = delta_softplus
             ctx.has_init = initial_state is not None
             ctx.dtypes = (A.dtype, None if D is None else D.dtype,
@@ -343,12 +349,12 @@ class SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dlast=None):
-        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, states, ypre = ctx.saved_tensors
         need = ctx.needs_input_grad
         if dy is None:
             dy = torch.zeros_like(u)
         du, ddelta, dA, dB, dC, dD, dz, dbias, dinit = _bwd(
-            dy, dlast, u, delta, A, B, C, D, z, delta_bias, ctx.softplus, states, need)
+            dy, dlast, u, delta, A, B, C, D, z, delta_bias, ctx.softplus, states, need, ypre)
         a_dt, d_dt, b_dt, i_dt = ctx.dtypes
         return (du, ddelta, dA.to(a_dt), dB, dC,
                 None if dD is None else dD.to(d_dt), dz,
