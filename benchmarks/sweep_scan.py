@@ -1,8 +1,8 @@
-"""Time the forward scan kernel's variants and block sizes at one shape; print the table and the best.
+"""Time the forward scan kernel's configurations (block sizes, warps, group counts) at one shape; print the table and the best.
 
     python benchmarks/sweep_scan.py [--dtype bf16] [--batch 8 --dim 1536 --seqlen 8192]
 
-Prints one line per configuration (variant, BD, BL, num_warps: ms, GB/s, registers, spills) and,
+Prints one line per configuration ("t4", BD, BL, num_warps[, programs per SM]: ms, GB/s, registers, spills) and,
 last, ``BEST=<cfgs>``: the fastest few, in the format of LONGSEQ_SCAN_FWD_CFGS.
 """
 import argparse

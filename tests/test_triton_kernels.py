@@ -191,11 +191,11 @@ def test_dispatch_routes_to_triton_under_interpreter():
     assert rel(y_t, y_r) < 1e-5
 
 
-@pytest.mark.parametrize("fwd_variant", ["cm", "tm", "t4"])
-def test_selective_scan_kernel_variants(monkeypatch, fwd_variant):
-    """Every tile layout of the forward kernel (the GPU tuner may pick any) feeding the backward. The
-    t4 training forward runs 8-step chunks here and saves every fourth state for the backward."""
-    monkeypatch.setenv("LONGSEQ_SCAN_FWD_VARIANT", fwd_variant)
+@pytest.mark.parametrize("train_cfg", ["t4:4:8:4", "t4:4:16:4", "t4:4:32:4"])
+def test_selective_scan_training_forward_chunks(monkeypatch, train_cfg):
+    """The training forward at every chunk length it may run (8, 16, 32 steps: it saves every 4th,
+    2nd or every state for the backward) feeding the backward."""
+    monkeypatch.setenv("LONGSEQ_SCAN_FWD_TRAIN_CFGS", train_cfg)
     gen = torch.Generator().manual_seed(11)
     t = scan_inputs(2, 5, 70, 16, None, gen)
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
@@ -244,7 +244,6 @@ def test_selective_scan_chunk_parallel_forward(monkeypatch, train):
     """The t4 forward split into 3 sequence groups (pass 1: group summaries, pass 2: each group
     starts from the folded summaries), with an initial state; in training mode the saved states
     feed the backward."""
-    monkeypatch.setenv("LONGSEQ_SCAN_FWD_VARIANT", "t4")
     monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", "3")
     gen = torch.Generator().manual_seed(13)
     t = scan_inputs(2, 5, 300, 16, None, gen)

@@ -1,7 +1,7 @@
 """Fused Triton kernels behind :mod:`longseq.kernels.dispatch` (``backend="triton"``).
 
-selective_scan (fwd + bwd), causal_conv1d (fwd + bwd), selective_state_update (one decoding step,
-in place) and rms_norm (fused residual add, fwd + bwd). Each runs on CUDA tensors, and on CPU
+selective_scan (fwd + bwd), causal_conv1d (fwd + bwd), causal_conv1d_update and
+selective_state_update (one decoding step, in place) and rms_norm (fused residual add, fwd + bwd). Each runs on CUDA tensors, and on CPU
 tensors under ``TRITON_INTERPRET=1`` (how CI tests them). Kernels live in ``triton_scan.py``,
 ``triton_conv.py``, ``triton_update.py`` and ``triton_norm.py``; the scan's launch logic and
 autograd Function in ``triton_scan_op.py``.
@@ -13,13 +13,11 @@ import torch
 from .checks import check_conv_update_args, check_tensor
 from .reference import causal_conv1d_ref  # argument checks only (see _check_conv)
 from .triton_conv import conv_bwd_kernel, conv_fwd_kernel, conv_update_kernel
-from .triton_interp import install as _install_interp
 from .triton_norm import rms_bwd_kernel, rms_fwd_kernel
 from .triton_scan_op import _pow2, selective_scan
 from .triton_tune import cdiv, sm_count
 from .triton_update import state_update_kernel
 
-_install_interp()
 
 __all__ = ["selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update", "rms_norm"]
 

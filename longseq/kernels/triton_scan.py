@@ -1,22 +1,18 @@
-"""Fused Triton selective scan: forward and backward kernels.
+"""Fused Triton selective scan: forward and backward kernels (docs/kernels.md, docs/kernel_notes.md).
 
-One program owns ``BD`` channels of one sequence and walks the sequence in chunks of ``BL`` time
-steps. Per chunk it loads u, delta (and z) as [BD, BL] tiles and B, C as [N, BL] tiles (shared by
-its channels), forms the [BD, N, BL] recurrence coefficients in registers, solves the chunk with
-``tl.associative_scan`` and carries the state h [BD, N] to the next chunk in registers. Nothing of
-size (batch, dim, seqlen, dstate) ever reaches device memory; with ``SAVE_STATES`` the state at the
-start of every chunk (N floats per BL steps per channel) is stored for the backward pass.
+One program owns ``BD`` channels of one sequence and works on 4-D register tiles [BL, NQ, BD, NR]
+(state n = q * NR + r): NR states in each thread, NQ state groups and the channels on the lanes
+and warps, and all BL steps of a chunk in each thread, so a chunk is an unrolled per-thread loop
+``h = a_t * h + b_t`` and the state carries to the next chunk in registers. Nothing of size
+(batch, dim, seqlen, dstate) ever reaches device memory; the training forward stores the state
+every SAVE_EVERY chunks (and, with z, the output before the gate) for the backward.
 
-Forward variants: ``cm`` (that layout), ``tm`` (time-major tiles [BL, BD, N]) and ``t4`` (4-D tiles
-[BL, NQ, BD, NR] with an unrolled per-thread recurrence instead of the scan; docs/kernel_notes.md v4).
-
-The backward (``scan_bwd_t4_kernel``, v5) uses the t4 tiles: it walks the windows between saved
-states in reverse, recomputes each sub-chunk's states with the unrolled forward recurrence and runs
-the reverse recurrence for dL/dh over the same registers, carrying dL/dh (and the next step's decay)
-across sub-chunks. dB and dC are reduced over the program's channels before one atomic add per
-(n, t) (or, in deterministic mode, stored per program and summed afterwards). At batch 1 it runs
-chunk-parallel (v6): ``scan_bwd_t4_summary_kernel`` gives each later sequence group's dL/dh carry
-from a zero start, and each group starts from dL/dlast folded through the later groups.
+The backward (``scan_bwd_t4_kernel``) walks the windows between saved states in reverse, recomputes
+each sub-chunk's states with the forward recurrence and runs the reverse recurrence for dL/dh over
+the same registers. dB and dC are reduced over the program's channels before one atomic add per
+(n, t) (or, in deterministic mode, stored per program and summed afterwards). With few programs
+(batch 1 at long lengths) both directions run chunk-parallel over sequence groups, after a summary
+pass (``SUMMARY`` in the forward, ``scan_bwd_t4_summary_kernel`` in the backward).
 
 All arithmetic is float32; ``exp2`` with A pre-scaled by log2(e). Offsets that can exceed 2^31
 (batch, channel and time offsets) are computed in int64.
@@ -27,194 +23,6 @@ import os
 
 import triton
 import triton.language as tl
-
-LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _combine(a1, b1, a2, b2):
-    # Composition of h -> a1*h + b1 followed by h -> a2*h + b2.
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _softplus(x):
-    # torch.nn.functional.softplus with beta=1, threshold=20.
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
-
-
-@triton.jit
-def _load_delta(ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Raw delta tile -> (delta after bias, delta after softplus), both float32."""
-    pre = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        pre = pre + bias[:, None]
-    if SOFTPLUS:
-        post = _softplus(pre)
-    else:
-        post = pre
-    return pre, post
-
-
-@triton.jit
-def scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
-    y_ptr, states_ptr, last_ptr,
-    dim, seqlen, dstate, per_group, nchunks,
-    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
-    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
-    s_yb, s_yd, s_yl,
-    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr,
-):
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    d0 = pid_d * BD
-    offs_d = d0 + tl.arange(0, BD)
-    mask_d = offs_d < dim
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < dstate
-    offs_l = tl.arange(0, BL)
-    d64 = offs_d.to(tl.int64)
-    n64 = offs_n.to(tl.int64)
-    g64 = (d0 // per_group).to(tl.int64)
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-
-    u_base = u_ptr + pid_b * s_ub + d64[:, None] * s_ud
-    dl_base = delta_ptr + pid_b * s_db + d64[:, None] * s_dd
-    y_base = y_ptr + pid_b * s_yb + d64[:, None] * s_yd
-    z_base = z_ptr + pid_b * s_zb + d64[:, None] * s_zd
-    B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n64[:, None] * s_Bn
-    C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n64[:, None] * s_Cn
-
-    A2 = tl.load(A_ptr + d64[:, None] * dstate + n64[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-
-    # state rows: ((b * dim + d) * dstate + n)
-    row = (pid_b * dim + d64)[:, None] * dstate + n64[None, :]
-    if HAS_INIT:
-        h = tl.load(init_ptr + row, mask=mask_dn, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((BD, NP), tl.float32)
-    st_base = states_ptr + ((pid_b * dim + d64)[:, None] * nchunks) * dstate + n64[None, :]
-
-    for c in range(nchunks):
-        t = c * BL + offs_l
-        mask_t = t < seqlen
-        t64 = t.to(tl.int64)
-        if SAVE_STATES:
-            tl.store(st_base + c * dstate, h, mask=mask_dn)
-        m2 = mask_d[:, None] & mask_t[None, :]
-        u = tl.load(u_base + t64[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
-        _, dl = _load_delta(dl_base + t64[None, :] * s_dl, m2, bias, HAS_BIAS, SOFTPLUS)
-        dl = tl.where(m2, dl, 0.0)
-        mnt = mask_n[:, None] & mask_t[None, :]
-        Bt = tl.load(B_base + t64[None, :] * s_Bl, mask=mnt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + t64[None, :] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
-        a = tl.exp2(dl[:, None, :] * A2[:, :, None])
-        bx = (dl * u)[:, None, :] * Bt[None, :, :]
-        pa, pb = tl.associative_scan((a, bx), axis=2, combine_fn=_combine)
-        hs = pb + pa * h[:, :, None]
-        y = tl.sum(hs * Ct[None, :, :], axis=1)
-        h = tl.sum(tl.where(offs_l[None, None, :] == BL - 1, hs, 0.0), axis=2)
-        if HAS_D:
-            y = y + Dv[:, None] * u
-        if HAS_Z:
-            zt = tl.load(z_base + t64[None, :] * s_zl, mask=m2, other=0.0).to(tl.float32)
-            y = y * zt * tl.sigmoid(zt)
-        tl.store(y_base + t64[None, :] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
-    tl.store(last_ptr + row, h, mask=mask_dn)
-
-
-@triton.jit
-def scan_fwd_tm_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
-    y_ptr, states_ptr, last_ptr,
-    dim, seqlen, dstate, per_group, nchunks,
-    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
-    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
-    s_yb, s_yd, s_yl,
-    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr,
-):
-    """Same function as scan_fwd_kernel with time-major tiles [BL, BD, N] (scan along axis 0).
-
-    Triton's default layout then keeps the time axis inside each thread (a sequential in-register
-    scan, no shuffles) and spreads channels and states over lanes; which variant is faster is
-    decided by timing (triton_tune)."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    d0 = pid_d * BD
-    offs_d = d0 + tl.arange(0, BD)
-    mask_d = offs_d < dim
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < dstate
-    offs_l = tl.arange(0, BL)
-    d64 = offs_d.to(tl.int64)
-    n64 = offs_n.to(tl.int64)
-    g64 = (d0 // per_group).to(tl.int64)
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-
-    u_base = u_ptr + pid_b * s_ub + d64[None, :] * s_ud
-    dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
-    y_base = y_ptr + pid_b * s_yb + d64[None, :] * s_yd
-    z_base = z_ptr + pid_b * s_zb + d64[None, :] * s_zd
-    B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n64[None, :] * s_Bn
-    C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n64[None, :] * s_Cn
-
-    A2 = tl.load(A_ptr + d64[:, None] * dstate + n64[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    row = (pid_b * dim + d64)[:, None] * dstate + n64[None, :]
-    if HAS_INIT:
-        h = tl.load(init_ptr + row, mask=mask_dn, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((BD, NP), tl.float32)
-    st_base = states_ptr + ((pid_b * dim + d64)[:, None] * nchunks) * dstate + n64[None, :]
-
-    for c in range(nchunks):
-        t = c * BL + offs_l
-        mask_t = t < seqlen
-        t64 = t.to(tl.int64)
-        if SAVE_STATES:
-            tl.store(st_base + c * dstate, h, mask=mask_dn)
-        m2 = mask_t[:, None] & mask_d[None, :]
-        u = tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
-        pre = tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            pre = pre + bias[None, :]
-        if SOFTPLUS:
-            dl = _softplus(pre)
-        else:
-            dl = pre
-        dl = tl.where(m2, dl, 0.0)
-        mnt = mask_t[:, None] & mask_n[None, :]
-        Bt = tl.load(B_base + t64[:, None] * s_Bl, mask=mnt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + t64[:, None] * s_Cl, mask=mnt, other=0.0).to(tl.float32)
-        a = tl.exp2(dl[:, :, None] * A2[None, :, :])
-        bx = (dl * u)[:, :, None] * Bt[:, None, :]
-        pa, pb = tl.associative_scan((a, bx), axis=0, combine_fn=_combine)
-        hs = pb + pa * h[None, :, :]
-        y = tl.sum(hs * Ct[:, None, :], axis=2)
-        h = tl.sum(tl.where(offs_l[:, None, None] == BL - 1, hs, 0.0), axis=0)
-        if HAS_D:
-            y = y + Dv[None, :] * u
-        if HAS_Z:
-            zt = tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0).to(tl.float32)
-            y = y * zt * tl.sigmoid(zt)
-        tl.store(y_base + t64[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
-    tl.store(last_ptr + row, h, mask=mask_dn)
 
 
 @triton.jit

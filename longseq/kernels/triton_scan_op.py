@@ -8,8 +8,7 @@ import torch
 from . import triton_tune
 from .triton_tune import cdiv, sm_count
 from .checks import check_selective_scan_args
-from .triton_scan import (scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fwd_kernel, scan_fwd_t4_kernel,
-                          scan_fwd_tm_kernel)
+from .triton_scan import scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fwd_t4_kernel
 
 COMPILED = {}       # last compiled kernel per name (registers/spills for the benchmark's report)
 SAVE_CHUNK = 32           # the training forward saves the state every SAVE_CHUNK steps; the backward walks
@@ -29,63 +28,51 @@ def _bd_ok(bd: int, dim: int, groups: int) -> bool:
 
 
 def _candidates(dim, groups, cfgs, kind):
-    """Valid (variant, BD, BL, num_warps) configurations to time, in order of preference.
-
-    Forward variants: "t4": 4-D tiles [BL, NQ, BD, NR] with a per-thread recurrence (v4); "tm":
-    time-major tiles [BL, BD, N]; "cm": channel-major [BD, N, BL] (see triton_scan). The backward
-    has one variant, "t4" (v5; BL divides SAVE_CHUNK). $LONGSEQ_SCAN_FWD_VARIANT forces a forward
-    variant; $LONGSEQ_SCAN_FWD_CFGS / _BWD_CFGS ("t4:8:16:1,...") replace the inference forward's /
-    the backward's list."""
-    forced = os.environ.get("LONGSEQ_SCAN_FWD_VARIANT") if kind != "bwd" else None
-    listed = {"fwd": os.environ.get("LONGSEQ_SCAN_FWD_CFGS"), "bwd": os.environ.get("LONGSEQ_SCAN_BWD_CFGS")}.get(kind)
+    """Valid ("t4", BD, BL, num_warps[, programs per SM]) configurations to time, in order of
+    preference. $LONGSEQ_SCAN_FWD_CFGS / _FWD_TRAIN_CFGS / _BWD_CFGS ("t4:8:16:1,...") replace the
+    inference forward's / the training forward's / the backward's list."""
+    listed = os.environ.get({"fwd": "LONGSEQ_SCAN_FWD_CFGS", "fwd_train": "LONGSEQ_SCAN_FWD_TRAIN_CFGS",
+                             "bwd": "LONGSEQ_SCAN_BWD_CFGS"}[kind])
     if listed:
         cfgs = [tuple([f[0]] + [int(x) for x in f[1:]]) for f in (c.split(":") for c in listed.split(","))]
+        if any(c[0] != "t4" or len(c) not in (4, 5) for c in cfgs):
+            raise ValueError(f"scan configurations are t4:BD:BL:warps[:programs_per_SM]; got {listed!r}")
     if os.environ.get("TRITON_INTERPRET") == "1":
         # the interpreter's cost is per operation, not per element: fewer, wider programs are faster
-        v, bl = cfgs[0][0], cfgs[0][2]
-        cfgs = [(v, bd, bl, 4) for bd in (16, 8, 4, 2, 1)]
-    if forced:
-        cfgs = [(forced,) + tuple(c[1:]) for c in cfgs]
-    if kind == "fwd_train":
-        # the backward reads a state every SAVE_CHUNK steps: tm/cm save one per chunk (BL = SAVE_CHUNK),
-        # t4 one every SAVE_CHUNK // BL chunks (BL must divide SAVE_CHUNK)
-        cfgs = [c if c[0] == "t4" else (c[0], c[1], SAVE_CHUNK, c[3]) for c in cfgs]
-        cfgs = [c for c in cfgs if c[0] != "t4" or SAVE_CHUNK % c[2] == 0]
-    if kind == "bwd":
-        # states are saved every SAVE_CHUNK steps: the backward's BL (its sub-chunk) must divide it
-        if any(c[0] != "t4" or SAVE_CHUNK % c[2] for c in cfgs):
-            raise ValueError(f"backward configurations must be t4 with BL dividing {SAVE_CHUNK}: {cfgs}")
+        bl = cfgs[0][2]
+        cfgs = [("t4", bd, bl, 4) for bd in (16, 8, 4, 2, 1)]
+    if kind != "fwd" and any(SAVE_CHUNK % c[2] for c in cfgs):
+        # the training forward saves the state every SAVE_CHUNK // BL chunks, and the backward's
+        # sub-chunks (BL) tile the SAVE_CHUNK-step windows between saved states
+        raise ValueError(f"training forward and backward configurations need BL dividing {SAVE_CHUNK}: {cfgs}")
     out, seen = [], set()
     for c in cfgs:
         if _bd_ok(c[1], dim, groups) and c not in seen:
             out.append(c)
             seen.add(c)
     if not out:
-        out = [(cfgs[0][0], 1, cfgs[0][2], 4)]
+        out = [("t4", 1, cfgs[0][2], 4)]
     return out
 
 
-# Candidates, from sweeps on an H100 and an H200 (docs/kernel_notes.md), fastest first. Forward: t4
-# (v4) at batch 8 (bf16 2K: 0.40 ms vs tm's 0.96 on the H100); tm with few channels per program
-# stays for batch 1 at long lengths, where t4's (dim / BD) programs are too few to fill the chip.
-# Backward (v5, H100): t4 with one warp per program, 8-step sub-chunks (bf16 2K: 1.82 ms with BD=4,
-# 1.92 with BD=8; the channel-major v1-v4 backward took 5.41 and is gone); a 5th field > 0 makes the
-# backward chunk-parallel when the (dim / BD) * batch programs are fewer than that many per SM (v6,
-# batch 1 at long lengths: _n_bwd_groups). The tuner times them per
-# shape on first use; with LONGSEQ_AUTOTUNE=0 the first valid one is used.
+# Candidates, from sweeps on an H100 (docs/kernel_notes.md), fastest first. The 5th field, where
+# given, makes the launch chunk-parallel when the (dim / BD) * batch programs are too few for the
+# chip: it is the target in programs per SM (batch 1 at long lengths; _n_groups, _n_bwd_groups).
+# Forward (v4-v8): wide programs at batch 8, the grouped ones at batch 1. Backward (v5-v8): one warp
+# per program, 8-step sub-chunks. The tuner times them per shape on first use; with
+# LONGSEQ_AUTOTUNE=0 the first valid one is used.
 FWD_CFGS = [("t4", 32, 16, 4), ("t4", 16, 16, 2), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
-            ("tm", 4, 64, 4), ("tm", 2, 32, 4), ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4), ("t4", 32, 16, 4, 8),
-            ("t4", 32, 8, 4, 8), ("t4", 32, 8, 4, 12), ("t4", 32, 8, 4, 16)]
+            ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4), ("t4", 32, 16, 4, 8), ("t4", 32, 8, 4, 8),
+            ("t4", 32, 8, 4, 12), ("t4", 32, 8, 4, 16)]
 FWD_TRAIN_CFGS = [("t4", 16, 16, 2), ("t4", 32, 16, 4), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
-                  ("tm", 4, SAVE_CHUNK, 4), ("tm", 2, SAVE_CHUNK, 4), ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4),
-                  ("t4", 32, 8, 4, 8), ("t4", 32, 8, 4, 16)]
+                  ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4), ("t4", 32, 8, 4, 8), ("t4", 32, 8, 4, 16)]
 BWD_CFGS = [("t4", 4, 8, 1), ("t4", 8, 8, 1), ("t4", 4, 8, 1, 16), ("t4", 4, 8, 1, 24), ("t4", 4, 8, 1, 32),
             ("t4", 4, 8, 1, 48), ("t4", 4, 8, 1, 64)]
 
 
 # Knobs read by the candidate lists and group counts: part of the memo key below, so a changed
 # environment (tests, sweeps) gets fresh lists while repeated calls skip rebuilding them.
-_KNOBS = ("LONGSEQ_SCAN_FWD_VARIANT", "LONGSEQ_SCAN_FWD_CFGS", "LONGSEQ_SCAN_BWD_CFGS", "TRITON_INTERPRET",
+_KNOBS = ("LONGSEQ_SCAN_FWD_CFGS", "LONGSEQ_SCAN_FWD_TRAIN_CFGS", "LONGSEQ_SCAN_BWD_CFGS", "TRITON_INTERPRET",
           "LONGSEQ_SCAN_GROUPS", "LONGSEQ_SCAN_BWD_GROUPS")
 _CANDS: dict = {}
 
@@ -102,8 +89,6 @@ def _fwd_candidates(batch, dim, seqlen, groups, dev, save_states):
         # a configuration with its own groups-per-SM target (5th field) that resolves to the same
         # group count as its 3-per-SM twin is a duplicate: not timed
         def _g(c):
-            if c[0] != "t4":
-                return 1
             return _n_groups(batch * cdiv(dim, c[1]), cdiv(seqlen, c[2]), dev, c[4] if len(c) > 4 else 3)
         cands = _CANDS[key] = [c for c in cands if len(c) < 5 or _g(c) != _g(c[:4])] or cands
     return cands
@@ -158,8 +143,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
     ypre = torch.empty_like(y) if (save_states and z is not None) else None
 
     def run(cfg):
-        variant, bd, bl, warps = cfg[:4]
-        kernel = {"tm": scan_fwd_tm_kernel, "t4": scan_fwd_t4_kernel}.get(variant, scan_fwd_kernel)
+        _, bd, bl, warps = cfg[:4]
+        kernel = scan_fwd_t4_kernel
         nchunks = cdiv(seqlen, bl)
         grid = (cdiv(dim, bd), batch)
         args_in = (u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
@@ -169,9 +154,9 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
                    *_strides_bc(B, groups), *_strides_bc(C, groups), *_strides3(y))
         flags = dict(BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                      SOFTPLUS=bool(softplus), HAS_INIT=initial_state is not None, num_warps=warps)
-        save_every = max(1, SAVE_CHUNK // bl) if (save_states and variant == "t4") else 1
+        save_every = max(1, SAVE_CHUNK // bl) if save_states else 1
         if save_states:
-            # t4 saves the state every SAVE_CHUNK steps whatever its chunk (BL divides SAVE_CHUNK)
+            # the state is saved every SAVE_CHUNK steps whatever the chunk (BL divides SAVE_CHUNK)
             nsaved = cdiv(nchunks, save_every)
             states = states_holder.get(nsaved)
             if states is None:
@@ -180,10 +165,6 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
         else:
             states = last
         name = "scan_fwd" + ("_train" if save_states else "")
-        if variant != "t4":
-            COMPILED[name] = kernel[grid](*args_in, y, states, last, dim, seqlen, dstate, per, nchunks, *strides,
-                                          SAVE_STATES=save_states, **flags)
-            return states, None
         G = _n_groups(batch * grid[0], nchunks, dev, cfg[4] if len(cfg) > 4 else 3)
         cpp = cdiv(cdiv(nchunks, G), save_every) * save_every   # group edges on saved states
         G = cdiv(nchunks, cpp)
