@@ -43,30 +43,24 @@ FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
+def _asm_f32(x, ASM: tl.constexpr):
+    # one PTX instruction on each float32 value
+    return tl.inline_asm_elementwise(ASM, "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
 def _ex2(x):
-    if FAST_MATH:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.exp2(x)
+    return _asm_f32(x, "ex2.approx.ftz.f32 $0, $1;") if FAST_MATH else tl.exp2(x)
 
 
 @triton.jit
 def _lg2(x):
-    if FAST_MATH:
-        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.log2(x)
+    return _asm_f32(x, "lg2.approx.ftz.f32 $0, $1;") if FAST_MATH else tl.log2(x)
 
 
 @triton.jit
 def _rcp(x):
-    if FAST_MATH:
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return 1.0 / x
+    return _asm_f32(x, "rcp.approx.ftz.f32 $0, $1;") if FAST_MATH else 1.0 / x
 
 
 @triton.jit
@@ -93,6 +87,25 @@ def _softplus2(x):
 @triton.jit
 def _sigmoid(x):
     return _rcp(1.0 + _ex2(-1.4426950408889634 * x))
+
+
+@triton.jit
+def _t4_indices(pid_d, dim, dstate, per_group, BD: tl.constexpr, NQ: tl.constexpr, NR: tl.constexpr,
+                BL: tl.constexpr):
+    """A t4 program's channel offsets and mask [BD], step offsets [BL], B/C group (int64), and its
+    state indices and masks: n4/d4/mask_dn4 [1, NQ, BD, NR], n3/mask_n3 [1, NQ, NR] (n = q * NR + r)."""
+    d0 = pid_d * BD
+    offs_d = d0 + tl.arange(0, BD)
+    mask_d = offs_d < dim
+    offs_l = tl.arange(0, BL)
+    d64 = offs_d.to(tl.int64)
+    g64 = (d0 // per_group).to(tl.int64)
+    n4 = (tl.arange(0, NQ)[None, :, None, None] * NR + tl.arange(0, NR)[None, None, None, :]).to(tl.int64)
+    d4 = d64[None, None, :, None]
+    mask_dn4 = mask_d[None, None, :, None] & (n4 < dstate)
+    n3 = (tl.arange(0, NQ)[None, :, None] * NR + tl.arange(0, NR)[None, None, :]).to(tl.int64)
+    mask_n3 = n3 < dstate
+    return offs_d, mask_d, offs_l, d64, g64, n4, d4, mask_dn4, n3, mask_n3
 
 
 @triton.jit
@@ -154,17 +167,8 @@ def scan_fwd_t4_kernel(
     pid_b = tl.program_id(1).to(tl.int64)
     pid_g = tl.program_id(2)
     nb = tl.num_programs(1)
-    d0 = pid_d * BD
-    offs_d = d0 + tl.arange(0, BD)
-    mask_d = offs_d < dim
-    offs_l = tl.arange(0, BL)
-    d64 = offs_d.to(tl.int64)
-    g64 = (d0 // per_group).to(tl.int64)
-    n4 = (tl.arange(0, NQ)[None, :, None, None] * NR + tl.arange(0, NR)[None, None, None, :]).to(tl.int64)
-    d4 = d64[None, None, :, None]
-    mask_dn4 = mask_d[None, None, :, None] & (n4 < dstate)          # [1, NQ, BD, NR]
-    n3 = (tl.arange(0, NQ)[None, :, None] * NR + tl.arange(0, NR)[None, None, :]).to(tl.int64)
-    mask_n3 = n3 < dstate                                            # [1, NQ, NR]
+    offs_d, mask_d, offs_l, d64, g64, n4, d4, mask_dn4, n3, mask_n3 = _t4_indices(
+        pid_d, dim, dstate, per_group, BD, NQ, NR, BL)
 
     u_base = u_ptr + pid_b * s_ub + d64[None, :] * s_ud
     dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
@@ -310,17 +314,8 @@ def scan_bwd_t4_kernel(
     pid_g = tl.program_id(2)
     nb = tl.num_programs(1)
     ng = tl.num_programs(2)
-    d0 = pid_d * BD
-    offs_d = d0 + tl.arange(0, BD)
-    mask_d = offs_d < dim
-    offs_l = tl.arange(0, BL)
-    d64 = offs_d.to(tl.int64)
-    g64 = (d0 // per_group).to(tl.int64)
-    n4 = (tl.arange(0, NQ)[None, :, None, None] * NR + tl.arange(0, NR)[None, None, None, :]).to(tl.int64)
-    d4 = d64[None, None, :, None]
-    mask_dn4 = mask_d[None, None, :, None] & (n4 < dstate)          # [1, NQ, BD, NR]
-    n3 = (tl.arange(0, NQ)[None, :, None] * NR + tl.arange(0, NR)[None, None, :]).to(tl.int64)
-    mask_n3 = n3 < dstate                                            # [1, NQ, NR]
+    offs_d, mask_d, offs_l, d64, g64, n4, d4, mask_dn4, n3, mask_n3 = _t4_indices(
+        pid_d, dim, dstate, per_group, BD, NQ, NR, BL)
 
     u_base = u_ptr + pid_b * s_ub + d64[None, :] * s_ud
     dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
@@ -517,17 +512,8 @@ def scan_bwd_t4_summary_kernel(
     pid_b = tl.program_id(1).to(tl.int64)
     pid_g = tl.program_id(2) + 1
     nb = tl.num_programs(1)
-    d0 = pid_d * BD
-    offs_d = d0 + tl.arange(0, BD)
-    mask_d = offs_d < dim
-    offs_l = tl.arange(0, BL)
-    d64 = offs_d.to(tl.int64)
-    g64 = (d0 // per_group).to(tl.int64)
-    n4 = (tl.arange(0, NQ)[None, :, None, None] * NR + tl.arange(0, NR)[None, None, None, :]).to(tl.int64)
-    d4 = d64[None, None, :, None]
-    mask_dn4 = mask_d[None, None, :, None] & (n4 < dstate)
-    n3 = (tl.arange(0, NQ)[None, :, None] * NR + tl.arange(0, NR)[None, None, :]).to(tl.int64)
-    mask_n3 = n3 < dstate
+    offs_d, mask_d, offs_l, d64, g64, n4, d4, mask_dn4, n3, mask_n3 = _t4_indices(
+        pid_d, dim, dstate, per_group, BD, NQ, NR, BL)
     dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
     z_base = z_ptr + pid_b * s_zb + d64[None, :] * s_zd
     o_base = dout_ptr + pid_b * s_ob + d64[None, :] * s_od
