@@ -90,6 +90,17 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _delta_tile(raw, m2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """A raw [BL, BD] delta tile -> (delta + bias, then softplus of it with zeros where m2 is
+    false), both float32."""
+    pre = _to_f32(raw)
+    if HAS_BIAS:
+        pre = pre + bias[None, :]
+    dl = _softplus2(pre) if SOFTPLUS else pre
+    return pre, tl.where(m2, dl, 0.0)
+
+
+@triton.jit
 def _t4_indices(pid_d, dim, dstate, per_group, BD: tl.constexpr, NQ: tl.constexpr, NR: tl.constexpr,
                 BL: tl.constexpr):
     """A t4 program's channel offsets and mask [BD], step offsets [BL], B/C group (int64), and its
@@ -217,12 +228,7 @@ def scan_fwd_t4_kernel(
             tl.store(st_base + (c // SAVE_EVERY) * dstate, h, mask=mask_dn4 & (c % SAVE_EVERY == 0))
         m2 = mask_t[:, None] & mask_d[None, :]
         u = _to_f32(u_raw)
-        dl = _to_f32(dl_raw)
-        if HAS_BIAS:
-            dl = dl + bias[None, :]
-        if SOFTPLUS:
-            dl = _softplus2(dl)
-        dl = tl.where(m2, dl, 0.0)
+        _, dl = _delta_tile(dl_raw, m2, bias, HAS_BIAS, SOFTPLUS)
         Bt = _to_f32(B_raw)                                                 # [BL, NQ, NR]
         a = tl.exp2(dl[:, None, :, None] * A2)                            # [BL, NQ, BD, NR]
         bx = (dl * u)[:, None, :, None] * Bt[:, :, None, :]
@@ -380,12 +386,8 @@ def scan_bwd_t4_kernel(
                 t64 = t.to(tl.int64)
                 m2 = (t < seqlen)[:, None] & mask_d[None, :]
                 u = _to_f32(tl.load(u_base + t64[:, None] * s_ul, mask=m2, other=0.0))
-                dl = _to_f32(tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0))
-                if HAS_BIAS:
-                    dl = dl + bias[None, :]
-                if SOFTPLUS:
-                    dl = _softplus2(dl)
-                dl = tl.where(m2, dl, 0.0)
+                _, dl = _delta_tile(tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0), m2, bias, HAS_BIAS,
+                                    SOFTPLUS)
                 mnt = (t < seqlen)[:, None, None] & mask_n3
                 Bt = _to_f32(tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0))
                 a = tl.exp2(dl[:, None, :, None] * A2)
@@ -408,14 +410,7 @@ def scan_bwd_t4_kernel(
             t64 = t.to(tl.int64)
             m2 = (t < seqlen)[:, None] & mask_d[None, :]
             u = _to_f32(u_raw)
-            pre = _to_f32(pre_raw)
-            if HAS_BIAS:
-                pre = pre + bias[None, :]
-            if SOFTPLUS:
-                dl = _softplus2(pre)
-            else:
-                dl = pre
-            dl = tl.where(m2, dl, 0.0)
+            pre, dl = _delta_tile(pre_raw, m2, bias, HAS_BIAS, SOFTPLUS)
             mnt = (t < seqlen)[:, None, None] & mask_n3
             Bt = _to_f32(B_raw)
             Ct = _to_f32(C_raw)
@@ -533,12 +528,7 @@ def scan_bwd_t4_summary_kernel(
         t = c * BL + offs_l
         t64 = t.to(tl.int64)
         m2 = (t < seqlen)[:, None] & mask_d[None, :]
-        dl = _to_f32(tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0))
-        if HAS_BIAS:
-            dl = dl + bias[None, :]
-        if SOFTPLUS:
-            dl = _softplus2(dl)
-        dl = tl.where(m2, dl, 0.0)
+        _, dl = _delta_tile(tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0), m2, bias, HAS_BIAS, SOFTPLUS)
         dsum += tl.sum(dl, axis=0)
         dy = _to_f32(tl.load(o_base + t64[:, None] * s_ol, mask=m2, other=0.0))
         if HAS_Z:
