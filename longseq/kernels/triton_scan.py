@@ -70,10 +70,6 @@ def _to_f32(x):
     if FAST_MATH and x.dtype == tl.bfloat16:
         return tl.inline_asm_elementwise("cvt.f32.bf16 $0, $1;", "=r,h", [x], dtype=tl.float32,
                                          is_pure=True, pack=1)
-    elif FAST_MATH and x.dtype == tl.float32:
-        # an opaque copy: keeps a prefetched tile in its compact load layout until it is used
-        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
     else:
         return x.to(tl.float32)
 
