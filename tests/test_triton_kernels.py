@@ -47,6 +47,26 @@ def run_scan(fn, t, flags):
     return y if isinstance(y, tuple) else (y,)
 
 
+def grad_names(flags):
+    """The scan's inputs that take part (and so get a gradient) with these flags."""
+    return ["u", "delta", "A", "B", "C"] + [k for k in ("D", "z", "delta_bias", "initial_state") if flags[k]]
+
+
+def scan_vs_reference(t, flags, gen, names):
+    """The Triton scan and the float64 reference on copies of t (inputs in `names` requiring grad);
+    when `names` is not empty, the same random output gradients are backpropagated through both.
+    Returns (xs, xr, out, ref): the two input copies and the two outputs."""
+    xs = {k: v.clone().requires_grad_(k in names) for k, v in t.items()}
+    xr = {k: v.double().requires_grad_(k in names) for k, v in t.items()}
+    out = run_scan(T().selective_scan, xs, flags)
+    ref = run_scan(R.selective_scan_ref, xr, flags)
+    if names:
+        grads = [torch.randn(o.shape, generator=gen) for o in out]
+        sum((o * g).sum() for o, g in zip(out, grads)).backward()
+        sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
+    return xs, xr, out, ref
+
+
 @pytest.mark.parametrize("batch,dim,seqlen,dstate,groups,flags", [
     (2, 1, 1, 3, None, FULL),
     (2, 5, 17, 4, None, FULL),
@@ -59,18 +79,12 @@ def run_scan(fn, t, flags):
 def test_selective_scan_matches_float64_reference(batch, dim, seqlen, dstate, groups, flags):
     gen = torch.Generator().manual_seed(seqlen * 100 + dim)
     t = scan_inputs(batch, dim, seqlen, dstate, groups, gen)
-    names = ["u", "delta", "A", "B", "C"] + [k for k in ("D", "z", "delta_bias", "initial_state") if flags[k]]
-    xs = {k: v.clone().requires_grad_(k in names) for k, v in t.items()}
-    xr = {k: v.double().requires_grad_(k in names) for k, v in t.items()}
-    out = run_scan(T().selective_scan, xs, flags)
-    ref = run_scan(R.selective_scan_ref, xr, flags)
+    names = grad_names(flags)
+    xs, xr, out, ref = scan_vs_reference(t, flags, gen, names)
     assert out[0].dtype == torch.float32
     for o, r in zip(out, ref):
         assert o.shape == r.shape
         assert rel(o, r) < 1e-5
-    grads = [torch.randn(o.shape, generator=gen) for o in out]
-    sum((o * g).sum() for o, g in zip(out, grads)).backward()
-    sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
     for k in names:
         assert xs[k].grad is not None, k
         assert xs[k].grad.shape == t[k].shape, k
@@ -198,16 +212,10 @@ def test_selective_scan_training_forward_chunks(monkeypatch, train_cfg):
     monkeypatch.setenv("LONGSEQ_SCAN_FWD_TRAIN_CFGS", train_cfg)
     gen = torch.Generator().manual_seed(11)
     t = scan_inputs(2, 5, 70, 16, None, gen)
-    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
-    xs = {k: v.clone().requires_grad_() for k, v in t.items()}
-    xr = {k: v.double().requires_grad_() for k, v in t.items()}
-    out = run_scan(T().selective_scan, xs, FULL)
-    ref = run_scan(R.selective_scan_ref, xr, FULL)
+    names = list(t)
+    xs, xr, out, ref = scan_vs_reference(t, FULL, gen, names)
     for o, r in zip(out, ref):
         assert rel(o, r) < 1e-5
-    grads = [torch.randn(o.shape, generator=gen) for o in out]
-    sum((o * g).sum() for o, g in zip(out, grads)).backward()
-    sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
     for k in names:
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, k
 
@@ -218,13 +226,7 @@ def test_selective_scan_backward_sub_chunks(monkeypatch, bwd_cfg):
     monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", bwd_cfg)
     gen = torch.Generator().manual_seed(12)
     t = scan_inputs(1, 5, 150, 16, None, gen)
-    xs = {k: v.clone().requires_grad_() for k, v in t.items()}
-    xr = {k: v.double().requires_grad_() for k, v in t.items()}
-    out = run_scan(T().selective_scan, xs, FULL)
-    ref = run_scan(R.selective_scan_ref, xr, FULL)
-    grads = [torch.randn(o.shape, generator=gen) for o in out]
-    sum((o * g).sum() for o, g in zip(out, grads)).backward()
-    sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
+    xs, xr, _, _ = scan_vs_reference(t, FULL, gen, list(t))
     for k in xs:
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, k
 
@@ -247,16 +249,10 @@ def test_selective_scan_chunk_parallel_forward(monkeypatch, train):
     monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", "3")
     gen = torch.Generator().manual_seed(13)
     t = scan_inputs(2, 5, 300, 16, None, gen)
-    xs = {k: v.clone().requires_grad_(train) for k, v in t.items()}
-    xr = {k: v.double().requires_grad_(train) for k, v in t.items()}
-    out = run_scan(T().selective_scan, xs, FULL)
-    ref = run_scan(R.selective_scan_ref, xr, FULL)
+    xs, xr, out, ref = scan_vs_reference(t, FULL, gen, list(t) if train else [])
     for o, r in zip(out, ref):
         assert rel(o, r) < 1e-5
     if train:
-        grads = [torch.randn(o.shape, generator=gen) for o in out]
-        sum((o * g).sum() for o, g in zip(out, grads)).backward()
-        sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
         for k in xs:
             assert rel(xs[k].grad, xr[k].grad) < 1e-4, k
 
@@ -280,14 +276,8 @@ def test_selective_scan_t4_backward(monkeypatch, batch, dim, seqlen, dstate, gro
     monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", f"t4:4:{bl}:4")
     gen = torch.Generator().manual_seed(seqlen * 100 + dim + bl)
     t = scan_inputs(batch, dim, seqlen, dstate, groups, gen)
-    names = ["u", "delta", "A", "B", "C"] + [k for k in ("D", "z", "delta_bias", "initial_state") if flags[k]]
-    xs = {k: v.clone().requires_grad_(k in names) for k, v in t.items()}
-    xr = {k: v.double().requires_grad_(k in names) for k, v in t.items()}
-    out = run_scan(T().selective_scan, xs, flags)
-    ref = run_scan(R.selective_scan_ref, xr, flags)
-    grads = [torch.randn(o.shape, generator=gen) for o in out]
-    sum((o * g).sum() for o, g in zip(out, grads)).backward()
-    sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
+    names = grad_names(flags)
+    xs, xr, _, _ = scan_vs_reference(t, flags, gen, names)
     for k in names:
         assert xs[k].grad is not None and xs[k].grad.shape == t[k].shape, k
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
@@ -325,13 +315,7 @@ def test_selective_scan_chunk_parallel_backward(monkeypatch, bwd_groups, batch, 
     monkeypatch.setenv("LONGSEQ_SCAN_BWD_GROUPS", bwd_groups)
     gen = torch.Generator().manual_seed(seqlen + batch)
     t = scan_inputs(batch, 4, seqlen, 16, groups, gen)
-    names = ["u", "delta", "A", "B", "C"] + [k for k in ("D", "z", "delta_bias", "initial_state") if flags[k]]
-    xs = {k: v.clone().requires_grad_(k in names) for k, v in t.items()}
-    xr = {k: v.double().requires_grad_(k in names) for k, v in t.items()}
-    out = run_scan(T().selective_scan, xs, flags)
-    ref = run_scan(R.selective_scan_ref, xr, flags)
-    grads = [torch.randn(o.shape, generator=gen) for o in out]
-    sum((o * g).sum() for o, g in zip(out, grads)).backward()
-    sum((o * g.double()).sum() for o, g in zip(ref, grads)).backward()
+    names = grad_names(flags)
+    xs, xr, _, _ = scan_vs_reference(t, flags, gen, names)
     for k in names:
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
