@@ -539,3 +539,160 @@ def scan_bwd_t4_summary_kernel(
             e = _take(a, sel, nz) * (e + _take(g, sel, nz))
     tl.store(esum_ptr + ((pid_g * nb + pid_b) * dim + d4) * dstate + n4, e, mask=mask_dn4)
     tl.store(ssum_ptr + (pid_g * nb + pid_b) * dim + d64, dsum, mask=mask_d)
+
+
+@triton.jit
+def _take_ts(x, s5, j: tl.constexpr):
+    # x[..., j, ...] along the time-slice axis (3) of a [1, NQ, BD, TS, NR] tile, broadcast back
+    # over it: a sum over the lanes that hold the slices (exact: the other terms are zeros)
+    return tl.sum(tl.where(s5 == j, x, 0.0), axis=3, keep_dims=True)
+
+
+@triton.jit
+def _compose_excl(P1, H1, Q1, G1, P2, H2, Q2, G2):
+    # slices as maps h -> P h + H; (P, H) of a run composes the whole run, (Q, G) all of it but its
+    # last slice, so the scan's output (Q, G) at slice j composes the slices before j
+    return P1 * P2, P2 * H1 + H2, P1 * Q2, Q2 * H1 + G2
+
+
+@triton.jit
+def _exclusive_scan_ts(P, H, s5, TS: tl.constexpr):
+    """For the pairs (P_k, H_k) along axis 3 (slice k maps its start state h to P_k h + H_k), the
+    composition of the slices before each one: slice j starts from Pe_j h0 + He_j."""
+    one = tl.zeros(P.shape, tl.float32) + 1.0
+    _, _, Pe, He = tl.associative_scan((P, H, one, one * 0.0), 3, _compose_excl)
+    return Pe, He
+
+
+@triton.jit
+def _ts_chunk_loads(c, tt, tb, CH: tl.constexpr, seqlen, m_d3, mask_n4, u_base, dl_base, B_base, C_base, z_base,
+                    s_ul, s_dl, s_Bl, s_Cl, s_zl, HAS_Z: tl.constexpr):
+    """Chunk c's raw u, delta, z [BL, BD, TS] and B, C [BL, NQ, TS, NR] tiles for the time-split
+    forward (zeros past seqlen; z is u's tile without it)."""
+    t = c * CH + tt
+    t64 = t.to(tl.int64)
+    m3 = (t < seqlen) & m_d3
+    tB = (c * CH + tb).to(tl.int64)
+    mB = (c * CH + tb < seqlen) & mask_n4
+    u = tl.load(u_base + t64 * s_ul, mask=m3, other=0.0)
+    dl = tl.load(dl_base + t64 * s_dl, mask=m3, other=0.0)
+    B = tl.load(B_base + tB * s_Bl, mask=mB, other=0.0)
+    C = tl.load(C_base + tB * s_Cl, mask=mB, other=0.0)
+    z = u
+    if HAS_Z:
+        z = tl.load(z_base + t64 * s_zl, mask=m3, other=0.0)
+    return u, dl, B, C, z
+
+
+@triton.jit
+def scan_fwd_ts_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
+    y_ptr, ypre_ptr, states_ptr, last_ptr,
+    dim, seqlen, dstate, per_group, nsaved,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_yb, s_yd, s_yl,
+    BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, TS: tl.constexpr,
+    WIN: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_YPRE: tl.constexpr,
+):
+    """Forward split in time inside the program (few programs, e.g. batch 1): 5-D tiles
+    [BL, NQ, BD, TS, NR]; a chunk of TS * BL steps is TS slices of BL steps on TS lane groups.
+    Each slice runs its steps from a zero state (h = a_t h + b_t, kept tiles a and b), the slices'
+    (decay, end state) pairs are composed by an exclusive scan across the lanes, and each slice
+    runs its steps again from its true start state, reusing the same a and b: every exp is
+    evaluated once (the chunk-parallel t4 passes evaluate it twice)."""
+    NQ: tl.constexpr = NP // NR
+    CH: tl.constexpr = TS * BL
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d0 = pid_d * BD
+    offs_d = d0 + tl.arange(0, BD)
+    mask_d = offs_d < dim
+    d64 = offs_d.to(tl.int64)
+    g64 = (d0 // per_group).to(tl.int64)
+    offs_l = tl.arange(0, BL)
+    offs_s = tl.arange(0, TS)
+    q5 = tl.arange(0, NQ)[None, :, None, None, None]
+    r5 = tl.arange(0, NR)[None, None, None, None, :]
+    n5 = (q5 * NR + r5).to(tl.int64)                                        # [1, NQ, 1, 1, NR]
+    d5 = d64[None, None, :, None, None]
+    s5 = offs_s[None, None, None, :, None]
+    mask_dn5 = mask_d[None, None, :, None, None] & (n5 < dstate)
+    n4 = (tl.arange(0, NQ)[None, :, None, None] * NR + tl.arange(0, NR)[None, None, None, :]).to(tl.int64)
+    mask_n4 = n4 < dstate                                                   # [1, NQ, 1, NR] for B, C
+
+    # [BL, BD, TS] tiles of u, delta, z, y; [BL, NQ, TS, NR] tiles of B and C
+    u_base = u_ptr + pid_b * s_ub + d64[None, :, None] * s_ud
+    dl_base = delta_ptr + pid_b * s_db + d64[None, :, None] * s_dd
+    y_base = y_ptr + pid_b * s_yb + d64[None, :, None] * s_yd
+    ypre_base = ypre_ptr + (pid_b * dim + d64[None, :, None]) * seqlen
+    z_base = z_ptr + pid_b * s_zb + d64[None, :, None] * s_zd
+    B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n4 * s_Bn
+    C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n4 * s_Cn
+    tt = offs_l[:, None, None] + offs_s[None, None, :] * BL                 # [BL, 1, TS]
+    tb = offs_l[:, None, None, None] + offs_s[None, None, :, None] * BL     # [BL, 1, TS, 1]
+
+    A2 = _to_f32(tl.load(A_ptr + d5 * dstate + n5 + s5 * 0, mask=mask_dn5, other=0.0)) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = _to_f32(tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0))
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = _to_f32(tl.load(D_ptr + offs_d, mask=mask_d, other=0.0))
+    row5 = (pid_b * dim + d5) * dstate + n5
+    h = tl.zeros((1, NQ, BD, 1, NR), tl.float32)
+    if HAS_INIT:
+        h = _to_f32(tl.load(init_ptr + row5, mask=mask_dn5, other=0.0))
+    st_base = states_ptr + (pid_b * dim + d5) * nsaved * dstate + n5
+    l5 = offs_l[:, None, None, None, None]
+    nz = tl.zeros((BL, NQ, BD, TS, NR), tl.float32) * -1.0
+    m_d3 = mask_d[None, :, None]
+    nchunks = tl.cdiv(seqlen, CH)
+    # the next chunk's raw tiles are loaded before this chunk's arithmetic (as in the t4 forward)
+    nxt = _ts_chunk_loads(0, tt, tb, CH, seqlen, m_d3, mask_n4, u_base, dl_base, B_base, C_base, z_base,
+                          s_ul, s_dl, s_Bl, s_Cl, s_zl, HAS_Z)
+    for c in range(0, nchunks):
+        u_raw, dl_raw, B_raw, C_raw, z_raw = nxt
+        nxt = _ts_chunk_loads(c + 1, tt, tb, CH, seqlen, m_d3, mask_n4, u_base, dl_base, B_base, C_base, z_base,
+                              s_ul, s_dl, s_Bl, s_Cl, s_zl, HAS_Z)
+        t = c * CH + tt
+        t64 = t.to(tl.int64)
+        m3 = (t < seqlen) & m_d3
+        u = _to_f32(u_raw)
+        _, dl = _delta_tile(dl_raw, m3, bias[:, None], HAS_BIAS, SOFTPLUS)
+        Bt = _to_f32(B_raw)                                                 # [BL, NQ, TS, NR]
+        a = tl.exp2(dl[:, None, :, :, None] * A2)                           # [BL, NQ, BD, TS, NR]
+        bx = (dl * u)[:, None, :, :, None] * Bt[:, :, None, :, :]
+        # sweep 1: each slice from a zero state; its decay from its sum of delta (one exp per slice)
+        hl = tl.zeros((1, NQ, BD, TS, NR), tl.float32)
+        for s in tl.static_range(BL):
+            sel = l5 == s
+            hl = _take(a, sel, nz) * hl + _take(bx, sel, nz)
+        P = tl.exp2(A2 * tl.sum(dl, axis=0)[None, None, :, :, None])
+        Pe, He = _exclusive_scan_ts(P, hl, s5, TS)
+        hs_ = Pe * h + He                                                   # each slice's start state
+        if SAVE_STATES:
+            start = c * CH + s5 * BL
+            tl.store(st_base + (start // WIN) * dstate, hs_,
+                     mask=mask_dn5 & (start % WIN == 0) & (start < seqlen))
+        # sweep 2: each slice from its start state, with the same a and b
+        Ct = _to_f32(C_raw)
+        hs = tl.zeros((BL, NQ, BD, TS, NR), tl.float32)
+        hh = hs_
+        for s in tl.static_range(BL):
+            sel = l5 == s
+            hh = _take(a, sel, nz) * hh + _take(bx, sel, nz)
+            hs = tl.where(sel, hh, hs)
+        h = _take_ts(hh, s5, TS - 1)
+        y = tl.sum(tl.sum(hs * Ct[:, :, None, :, :], axis=4), axis=1)        # [BL, BD, TS]
+        if HAS_D:
+            y = y + Dv[None, :, None] * u
+        if HAS_Z:
+            if SAVE_YPRE:
+                tl.store(ypre_base + t64, y.to(ypre_ptr.dtype.element_ty), mask=m3)
+            zt = _to_f32(z_raw)
+            y = y * zt * _sigmoid(zt)
+        tl.store(y_base + t64 * s_yl, y.to(y_ptr.dtype.element_ty), mask=m3)
+    tl.store(last_ptr + row5, h, mask=mask_dn5)
