@@ -4,11 +4,10 @@ the plan's first configuration, print registers, spills and shared memory. Write
 $OUT/sweep_cfgs.jsonl (or ./sweep_cfgs.jsonl). Replaces sweep_scan_v4.py (forward) and
 sweep_scan_v5.py (backward).
 
-    python benchmarks/sweep_scan_cfgs.py [--only fwd|train|bwd] [--quick] [--plan main|ts]
+    python benchmarks/sweep_scan_cfgs.py [--only fwd|train|bwd] [--quick]
 
 A configuration is "variant:BD:BL:warps[:per_sm]" as in LONGSEQ_SCAN_*_CFGS; the optional 5th
-field is the chunk-parallel target (programs per SM) at batch 1 for t4, the time slices per chunk
-for ts (the time-split forward). The backward is timed alone, from
+field is the chunk-parallel target (programs per SM) at batch 1. The backward is timed alone, from
 one training forward's saved states.
 """
 import argparse
@@ -36,15 +35,6 @@ def forced_pick(name, key, candidates, run, t):
 triton_tune.pick = forced_pick
 
 # (kind, dtype, (batch, dim, seqlen), configurations); the first configuration is the reference
-TS_FWD = ["ts:8:16:4:4", "ts:8:16:8:8", "ts:4:16:4:8", "ts:2:16:2:8", "ts:8:8:4:4", "ts:8:8:8:8", "ts:16:16:4:2",
-          "ts:4:16:1:2"]
-PLANS_TS = [      # v9: the time-split forward against the chunk-parallel t4 one (batch 1) and t4 (batch 8)
-    ("fwd", "bfloat16", (1, 1536, 262144), ["t4:32:16:4:8"] + TS_FWD),
-    ("train", "bfloat16", (1, 1536, 262144), ["t4:32:16:4:4", "ts:8:16:4:4", "ts:8:16:8:8", "ts:4:16:4:8",
-                                              "ts:8:8:4:4", "ts:8:8:8:8"]),
-    ("fwd", "float32", (1, 1536, 262144), ["t4:32:8:4:8", "t4:32:16:4:8"] + TS_FWD[:6]),
-    ("fwd", "bfloat16", (8, 1536, 8192), ["t4:32:16:4", "ts:8:16:4:4", "ts:8:16:8:8", "ts:4:16:4:8"]),
-]
 PLANS = [
     ("fwd", "bfloat16", (8, 1536, 2048), ["t4:8:16:1", "t4:32:16:4", "t4:16:16:2", "t4:32:8:4"]),
     ("train", "bfloat16", (8, 1536, 2048), ["t4:16:16:2", "t4:32:16:4", "t4:32:8:4"]),
@@ -80,12 +70,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["fwd", "train", "bwd"])
     ap.add_argument("--quick", action="store_true", help="batch-8 plans only")
-    ap.add_argument("--plan", choices=["main", "ts"], default="main", help="ts: the time-split forward (v9)")
     args = ap.parse_args()
     log = open(os.path.join(OUT, "sweep_cfgs.jsonl"), "a")
     print(torch.cuda.get_device_name(), flush=True)
     rows = []
-    for kind, dt, (b, d, L), cfgs in (PLANS_TS if args.plan == "ts" else PLANS):
+    for kind, dt, (b, d, L), cfgs in PLANS:
         if (args.only and kind != args.only) or (args.quick and b == 1):
             continue
         t = make(b, d, L, getattr(torch, dt))

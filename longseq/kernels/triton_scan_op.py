@@ -8,7 +8,7 @@ import torch
 from . import triton_tune
 from .triton_tune import cdiv, sm_count
 from .checks import check_selective_scan_args
-from .triton_scan import scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fwd_t4_kernel, scan_fwd_ts_kernel
+from .triton_scan import scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fwd_t4_kernel
 
 COMPILED = {}       # last compiled kernel per name (registers/spills for the benchmark's report)
 SAVE_CHUNK = 32           # the training forward saves the state every SAVE_CHUNK steps; the backward walks
@@ -35,14 +35,12 @@ def _candidates(dim, groups, cfgs, kind):
                              "bwd": "LONGSEQ_SCAN_BWD_CFGS"}[kind])
     if listed:
         cfgs = [tuple([f[0]] + [int(x) for x in f[1:]]) for f in (c.split(":") for c in listed.split(","))]
-        if any(not ((c[0] == "t4" and len(c) in (4, 5)) or (c[0] == "ts" and kind != "bwd" and len(c) == 5))
-               for c in cfgs):
-            raise ValueError("scan configurations are t4:BD:BL:warps[:programs_per_SM] or (forward) "
-                             f"ts:BD:BL:warps:slices; got {listed!r}")
+        if any(c[0] != "t4" or len(c) not in (4, 5) for c in cfgs):
+            raise ValueError(f"scan configurations are t4:BD:BL:warps[:programs_per_SM]; got {listed!r}")
     if os.environ.get("TRITON_INTERPRET") == "1":
         # the interpreter's cost is per operation, not per element: fewer, wider programs are faster
-        c0 = cfgs[0]
-        cfgs = [(c0[0], bd, c0[2], 4) + (tuple(c0[4:]) if c0[0] == "ts" else ()) for bd in (16, 8, 4, 2, 1)]
+        bl = cfgs[0][2]
+        cfgs = [("t4", bd, bl, 4) for bd in (16, 8, 4, 2, 1)]
     if kind != "fwd" and any(SAVE_CHUNK % c[2] for c in cfgs):
         # the training forward saves the state every SAVE_CHUNK // BL chunks, and the backward's
         # sub-chunks (BL) tile the SAVE_CHUNK-step windows between saved states
@@ -92,7 +90,7 @@ def _fwd_candidates(batch, dim, seqlen, groups, dev, save_states):
         # group count as its 3-per-SM twin is a duplicate: not timed
         def _g(c):
             return _n_groups(batch * cdiv(dim, c[1]), cdiv(seqlen, c[2]), dev, c[4] if len(c) > 4 else 3)
-        cands = _CANDS[key] = [c for c in cands if len(c) < 5 or c[0] == "ts" or _g(c) != _g(c[:4])] or cands
+        cands = _CANDS[key] = [c for c in cands if len(c) < 5 or _g(c) != _g(c[:4])] or cands
     return cands
 
 
@@ -145,7 +143,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
     ypre = torch.empty_like(y) if (save_states and z is not None) else None
 
     def run(cfg):
-        kind, bd, bl, warps = cfg[:4]
+        _, bd, bl, warps = cfg[:4]
         kernel = scan_fwd_t4_kernel
         nchunks = cdiv(seqlen, bl)
         grid = (cdiv(dim, bd), batch)
@@ -167,17 +165,11 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
         else:
             states = last
         name = "scan_fwd" + ("_train" if save_states else "")
-        yp = ypre if ypre is not None else y
-        if kind == "ts":
-            COMPILED[name] = scan_fwd_ts_kernel[grid](
-                *args_in, y, yp, states, last, dim, seqlen, dstate, per, states.shape[2] if save_states else 1,
-                *strides, NR=min(4, NP), TS=cfg[4], WIN=SAVE_CHUNK, SAVE_STATES=save_states,
-                SAVE_YPRE=ypre is not None, **flags)
-            return states, ypre
         G = _n_groups(batch * grid[0], nchunks, dev, cfg[4] if len(cfg) > 4 else 3)
         cpp = cdiv(cdiv(nchunks, G), save_every) * save_every   # group edges on saved states
         G = cdiv(nchunks, cpp)
         t4 = dict(NR=min(4, NP), SAVE_EVERY=save_every, SAVE_STATES=save_states, SAVE_YPRE=ypre is not None, **flags)
+        yp = ypre if ypre is not None else y
         hsum = ssum = last
         if G > 1:
             hsum = torch.empty((G, batch, dim, dstate), device=dev, dtype=torch.float32)
