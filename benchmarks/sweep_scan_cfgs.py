@@ -4,7 +4,7 @@ the plan's first configuration, print registers, spills and shared memory. Write
 $OUT/sweep_cfgs.jsonl (or ./sweep_cfgs.jsonl). Replaces sweep_scan_v4.py (forward) and
 sweep_scan_v5.py (backward).
 
-    python benchmarks/sweep_scan_cfgs.py [--only fwd|train|bwd] [--quick]
+    python benchmarks/sweep_scan_cfgs.py [--only fwd|train|bwd] [--quick] [--plan main|v10]
 
 A configuration is "variant:BD:BL:warps[:per_sm]" as in LONGSEQ_SCAN_*_CFGS; the optional 5th
 field is the chunk-parallel target (programs per SM) at batch 1. The backward is timed alone, from
@@ -35,6 +35,23 @@ def forced_pick(name, key, candidates, run, t):
 triton_tune.pick = forced_pick
 
 # (kind, dtype, (batch, dim, seqlen), configurations); the first configuration is the reference
+# v10: two channels per thread (BD twice the lanes x warps: B and C broadcast through shared memory
+# once for both, the L1/shared pipe being the busiest unit in Nsight Compute)
+TWO = ["t4:16:8:1", "t4:32:8:2", "t4:64:8:4", "t4:32:8:1"]
+PLANS_V10 = [
+    ("fwd", "bfloat16", (8, 1536, 2048), ["t4:32:16:4"] + TWO),
+    ("fwd", "bfloat16", (8, 1536, 8192), ["t4:32:16:4"] + TWO),
+    ("train", "bfloat16", (8, 1536, 2048), ["t4:32:16:4"] + TWO),
+    ("fwd", "float32", (8, 1536, 2048), ["t4:16:16:2"] + TWO),
+    ("train", "float32", (8, 1536, 2048), ["t4:32:8:4"] + TWO),
+    ("fwd", "bfloat16", (1, 1536, 262144), ["t4:32:16:4:8", "t4:64:8:4:4", "t4:64:8:4:8", "t4:32:8:2:8",
+                                            "t4:32:8:2:16", "t4:16:8:1:16", "t4:16:8:1:24"]),
+    ("train", "bfloat16", (1, 1536, 262144), ["t4:32:16:4:4", "t4:64:8:4:4", "t4:32:8:2:8", "t4:16:8:1:16"]),
+    ("fwd", "float32", (1, 1536, 262144), ["t4:32:8:4:16", "t4:64:8:4:4", "t4:64:8:4:8", "t4:32:8:2:8",
+                                           "t4:32:8:2:16", "t4:16:8:1:16"]),
+    ("bwd", "bfloat16", (8, 1536, 2048), ["t4:8:8:1", "t4:16:4:1", "t4:8:4:1"]),
+    ("bwd", "float32", (8, 1536, 2048), ["t4:4:8:1", "t4:8:8:1", "t4:16:4:1", "t4:8:4:1"]),
+]
 PLANS = [
     ("fwd", "bfloat16", (8, 1536, 2048), ["t4:8:16:1", "t4:32:16:4", "t4:16:16:2", "t4:32:8:4"]),
     ("train", "bfloat16", (8, 1536, 2048), ["t4:16:16:2", "t4:32:16:4", "t4:32:8:4"]),
@@ -70,11 +87,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["fwd", "train", "bwd"])
     ap.add_argument("--quick", action="store_true", help="batch-8 plans only")
+    ap.add_argument("--plan", choices=["main", "v10"], default="main", help="v10: two channels per thread")
     args = ap.parse_args()
     log = open(os.path.join(OUT, "sweep_cfgs.jsonl"), "a")
     print(torch.cuda.get_device_name(), flush=True)
     rows = []
-    for kind, dt, (b, d, L), cfgs in PLANS:
+    for kind, dt, (b, d, L), cfgs in (PLANS_V10 if args.plan == "v10" else PLANS):
         if (args.only and kind != args.only) or (args.quick and b == 1):
             continue
         t = make(b, d, L, getattr(torch, dt))

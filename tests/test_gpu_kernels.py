@@ -129,6 +129,38 @@ def test_scan_64bit_offsets_past_2_31_elements():
             assert rel(y[:, sl], yr) < 1e-2 and rel(last[:, sl], lr) < 1e-4
 
 
+def _fwd_cfgs():
+    from longseq.kernels import triton_scan_op as op
+    inf = [(":".join(str(x) for x in c), False) for c in op.FWD_CFGS]
+    return inf + [(":".join(str(x) for x in c), True) for c in op.FWD_TRAIN_CFGS]
+
+
+@pytest.mark.parametrize("cfg,train", _fwd_cfgs(), ids=lambda v: str(v))
+def test_scan_every_forward_candidate_vs_float64(monkeypatch, cfg, train):
+    """Each forward configuration the tuner may pick, inference and training (fp32, float64
+    reference, NaN-poisoned outputs); the chunk-parallel ones (5 fields) split into 3 sequence groups.
+    The training forward's saved states and pre-gate output are checked through the gradients."""
+    monkeypatch.setenv("LONGSEQ_SCAN_FWD_TRAIN_CFGS" if train else "LONGSEQ_SCAN_FWD_CFGS", cfg)
+    if cfg.count(":") == 4:
+        monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", "3")
+    gen = torch.Generator(device=DEV).manual_seed(6)
+    t = scan_inputs(2, 64, 1000, 16, None, torch.float32, gen)
+    xs = {k: v.clone().requires_grad_(train) for k, v in t.items()}
+    xr = {k: v.double().requires_grad_(train) for k, v in t.items()}
+    poison_allocator()
+    with torch.set_grad_enabled(train):
+        y, last = call(T().selective_scan, xs)
+        yr, lr = call(R.selective_scan_ref, xr)
+    assert torch.isfinite(y).all() and torch.isfinite(last).all()
+    assert rel(y, yr) < 1e-4 and rel(last, lr) < 1e-4, (rel(y, yr), rel(last, lr))
+    if train:
+        gy = torch.randn(y.shape, generator=gen, device=DEV)
+        (y * gy).sum().backward()
+        (yr * gy.double()).sum().backward()
+        for k in ARGS:
+            assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
+
+
 def _bwd_cfgs():
     from longseq.kernels import triton_scan_op as op
     return [":".join(str(x) for x in c) for c in op.BWD_CFGS]

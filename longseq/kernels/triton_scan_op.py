@@ -58,16 +58,18 @@ def _candidates(dim, groups, cfgs, kind):
 # Candidates, from sweeps on an H100 (docs/kernel_notes.md), fastest first. The 5th field, where
 # given, makes the launch chunk-parallel when the (dim / BD) * batch programs are too few for the
 # chip: it is the target in programs per SM (batch 1 at long lengths; _n_groups, _n_bwd_groups).
-# Forward (v4-v8): wide programs at batch 8, the grouped ones at batch 1. Backward (v5-v8): one warp
-# per program, 8-step sub-chunks. The tuner times them per shape on first use; with
+# Forward (v4-v8): wide programs at batch 8, the grouped ones at batch 1 (v10: two channels per
+# thread, BL = 8, with more groups). Backward (v5-v8): one warp per program, 8-step sub-chunks; v10:
+# 16 channels on one warp (two per thread) with 4-step sub-chunks, fastest at fp32. The tuner times them per shape on first use; with
 # LONGSEQ_AUTOTUNE=0 the first valid one is used.
 FWD_CFGS = [("t4", 32, 16, 4), ("t4", 16, 16, 2), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
             ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4), ("t4", 32, 16, 4, 8), ("t4", 32, 8, 4, 8),
-            ("t4", 32, 8, 4, 12), ("t4", 32, 8, 4, 16)]
+            ("t4", 32, 8, 4, 12), ("t4", 32, 8, 4, 16), ("t4", 32, 16, 4, 16), ("t4", 16, 8, 1, 24),
+            ("t4", 32, 8, 2, 16)]
 FWD_TRAIN_CFGS = [("t4", 16, 16, 2), ("t4", 32, 16, 4), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
                   ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4), ("t4", 32, 8, 4, 8), ("t4", 32, 8, 4, 16)]
-BWD_CFGS = [("t4", 4, 8, 1), ("t4", 8, 8, 1), ("t4", 4, 8, 1, 16), ("t4", 4, 8, 1, 24), ("t4", 4, 8, 1, 32),
-            ("t4", 4, 8, 1, 48), ("t4", 4, 8, 1, 64)]
+BWD_CFGS = [("t4", 4, 8, 1), ("t4", 8, 8, 1), ("t4", 16, 4, 1), ("t4", 4, 8, 1, 16), ("t4", 4, 8, 1, 24),
+            ("t4", 4, 8, 1, 32), ("t4", 4, 8, 1, 48), ("t4", 4, 8, 1, 64), ("t4", 16, 4, 1, 32)]
 
 
 # Knobs read by the candidate lists and group counts: part of the memo key below, so a changed

@@ -1,0 +1,56 @@
+"""Run each selective-scan kernel of one training step once, for Nsight Compute (CUDA only).
+
+    ncu --clock-control none -k regex:scan_ --section SpeedOfLight --section WarpStateStats \
+        python benchmarks/profile_scan.py --batch 8 --seqlen 2048 --dtype bfloat16
+
+The configurations are the ones the tuner chose on the H100 (docs/benchmarks/scan.md) unless
+$LONGSEQ_SCAN_*_CFGS say otherwise; autotuning is off, so ncu sees exactly one launch of each kernel:
+the inference forward, the training forward (with the chunk-parallel pass 1 where the shape makes
+one) and the backward (with its summary pass where it has one).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ["LONGSEQ_AUTOTUNE"] = "0"
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from longseq.kernels import triton_scan_op as op  # noqa: E402
+
+# the H100 tuner's choices (scan-h100-v8.json): (batch 8, batch 1 at long lengths)
+CHOSEN = {"LONGSEQ_SCAN_FWD_CFGS": ("t4:32:16:4", "t4:32:16:4:8"),
+          "LONGSEQ_SCAN_FWD_TRAIN_CFGS": ("t4:32:16:4", "t4:32:16:4:4"),
+          "LONGSEQ_SCAN_BWD_CFGS": ("t4:8:8:1", "t4:4:8:1:32")}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dim", type=int, default=1536)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    a = p.parse_args(argv)
+    for k, (b8, b1) in CHOSEN.items():
+        os.environ.setdefault(k, b1 if a.batch == 1 else b8)
+    dt = getattr(torch, a.dtype)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    b, d, L, n = a.batch, a.dim, a.seqlen, 16
+    u, z, dy = r(b, d, L).to(dt), r(b, d, L).to(dt), r(b, d, L).to(dt)
+    delta = (r(b, d, L) * 0.5 - 2.0).to(dt)
+    B, C = r(b, n, L).to(dt), r(b, n, L).to(dt)
+    A = -torch.arange(1, n + 1, device="cuda", dtype=torch.float32).repeat(d, 1)
+    D, bias = r(d), r(d) * 0.1
+    op._fwd(u, delta, A, B, C, D, z, bias, True, None, False)
+    _, _, states, ypre = op._fwd(u, delta, A, B, C, D, z, bias, True, None, True)
+    op._bwd(dy, None, u, delta, A, B, C, D, z, bias, True, states, [True] * 9, ypre)
+    torch.cuda.synchronize()
+    print({k: os.environ[k] for k in CHOSEN})
+
+
+if __name__ == "__main__":
+    main()
