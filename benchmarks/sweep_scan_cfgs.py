@@ -4,7 +4,7 @@ the plan's first configuration, print registers, spills and shared memory. Write
 $OUT/sweep_cfgs.jsonl (or ./sweep_cfgs.jsonl). Replaces sweep_scan_v4.py (forward) and
 sweep_scan_v5.py (backward).
 
-    python benchmarks/sweep_scan_cfgs.py [--only fwd|train|bwd] [--quick] [--plan main|v10]
+    python benchmarks/sweep_scan_cfgs.py [--only fwd|train|bwd] [--quick] [--plan main|v10] [--sweep SPEC ...]
 
 A configuration is "variant:BD:BL:warps[:per_sm]" as in LONGSEQ_SCAN_*_CFGS; the optional 5th
 field is the chunk-parallel target (programs per SM) at batch 1. The backward is timed alone, from
@@ -88,11 +88,20 @@ def main():
     ap.add_argument("--only", choices=["fwd", "train", "bwd"])
     ap.add_argument("--quick", action="store_true", help="batch-8 plans only")
     ap.add_argument("--plan", choices=["main", "v10"], default="main", help="v10: two channels per thread")
+    ap.add_argument("--sweep", action="append", default=[], metavar="KIND:DTYPE:BxDxL=CFG,CFG,...",
+                    help="an ad-hoc plan instead of --plan (repeatable), e.g. train:bfloat16:1x1536x262144=t4:32:16:4:4,t4:32:16:4:8")
     args = ap.parse_args()
+    plans = PLANS_V10 if args.plan == "v10" else PLANS
+    if args.sweep:
+        plans = []
+        for spec in args.sweep:
+            head, cfgs = spec.split("=", 1)
+            kind, dt, shape = head.split(":")
+            plans.append((kind, dt, tuple(int(x) for x in shape.split("x")), cfgs.split(",")))
     log = open(os.path.join(OUT, "sweep_cfgs.jsonl"), "a")
     print(torch.cuda.get_device_name(), flush=True)
     rows = []
-    for kind, dt, (b, d, L), cfgs in (PLANS_V10 if args.plan == "v10" else PLANS):
+    for kind, dt, (b, d, L), cfgs in plans:
         if (args.only and kind != args.only) or (args.quick and b == 1):
             continue
         t = make(b, d, L, getattr(torch, dt))
