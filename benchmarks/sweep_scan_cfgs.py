@@ -89,7 +89,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="batch-8 plans only")
     ap.add_argument("--plan", choices=["main", "v10"], default="main", help="v10: two channels per thread")
     ap.add_argument("--sweep", action="append", default=[], metavar="KIND:DTYPE:BxDxL=CFG,CFG,...",
-                    help="an ad-hoc plan instead of --plan (repeatable), e.g. train:bfloat16:1x1536x262144=t4:32:16:4:4,t4:32:16:4:8")
+                    help="an ad-hoc plan instead of --plan (repeatable), e.g. "
+                         "train:bfloat16:1x1536x262144=t4:32:16:4:4,t4:32:16:4:8")
     args = ap.parse_args()
     plans = PLANS_V10 if args.plan == "v10" else PLANS
     if args.sweep:

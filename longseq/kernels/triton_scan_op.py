@@ -60,8 +60,8 @@ def _candidates(dim, groups, cfgs, kind):
 # chip: it is the target in programs per SM (batch 1 at long lengths; _n_groups, _n_bwd_groups).
 # Forward (v4-v8): wide programs at batch 8, the grouped ones at batch 1 (v10: two channels per
 # thread, BL = 8, with more groups). Backward (v5-v8): one warp per program, 8-step sub-chunks; v10:
-# 16 channels on one warp (two per thread) with 4-step sub-chunks, fastest at fp32. The tuner times them per shape on first use; with
-# LONGSEQ_AUTOTUNE=0 the first valid one is used.
+# 16 channels on one warp (two per thread) with 4-step sub-chunks, the H100's pick at every shape.
+# The tuner times them per shape on first use; with LONGSEQ_AUTOTUNE=0 the first valid one is used.
 FWD_CFGS = [("t4", 32, 16, 4), ("t4", 16, 16, 2), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
             ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4), ("t4", 32, 16, 4, 8), ("t4", 32, 8, 4, 8),
             ("t4", 32, 8, 4, 12), ("t4", 32, 8, 4, 16), ("t4", 32, 16, 4, 16), ("t4", 16, 8, 1, 24),
