@@ -135,16 +135,17 @@ def _fwd_cfgs():
     return inf + [(":".join(str(x) for x in c), True) for c in op.FWD_TRAIN_CFGS]
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cfg,train", _fwd_cfgs(), ids=lambda v: str(v))
-def test_scan_every_forward_candidate_vs_float64(monkeypatch, cfg, train):
-    """Each forward configuration the tuner may pick, inference and training (fp32, float64
+def test_scan_every_forward_candidate_vs_float64(monkeypatch, cfg, train, dtype, tol):
+    """Each forward configuration the tuner may pick, inference and training (fp32 and bf16, float64
     reference, NaN-poisoned outputs); the chunk-parallel ones (5 fields) split into 3 sequence groups.
     The training forward's saved states and pre-gate output are checked through the gradients."""
     monkeypatch.setenv("LONGSEQ_SCAN_FWD_TRAIN_CFGS" if train else "LONGSEQ_SCAN_FWD_CFGS", cfg)
     if cfg.count(":") == 4:
         monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", "3")
     gen = torch.Generator(device=DEV).manual_seed(6)
-    t = scan_inputs(2, 64, 1000, 16, None, torch.float32, gen)
+    t = scan_inputs(2, 64, 1000, 16, None, dtype, gen)
     xs = {k: v.clone().requires_grad_(train) for k, v in t.items()}
     xr = {k: v.double().requires_grad_(train) for k, v in t.items()}
     poison_allocator()
@@ -152,13 +153,13 @@ def test_scan_every_forward_candidate_vs_float64(monkeypatch, cfg, train):
         y, last = call(T().selective_scan, xs)
         yr, lr = call(R.selective_scan_ref, xr)
     assert torch.isfinite(y).all() and torch.isfinite(last).all()
-    assert rel(y, yr) < 1e-4 and rel(last, lr) < 1e-4, (rel(y, yr), rel(last, lr))
+    assert rel(y, yr) < tol and rel(last, lr) < tol, (rel(y, yr), rel(last, lr))
     if train:
-        gy = torch.randn(y.shape, generator=gen, device=DEV)
+        gy = torch.randn(y.shape, generator=gen, device=DEV).to(dtype)
         (y * gy).sum().backward()
         (yr * gy.double()).sum().backward()
         for k in ARGS:
-            assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
+            assert rel(xs[k].grad, xr[k].grad) < tol, (k, rel(xs[k].grad, xr[k].grad))
 
 
 def _bwd_cfgs():
@@ -166,28 +167,30 @@ def _bwd_cfgs():
     return [":".join(str(x) for x in c) for c in op.BWD_CFGS]
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("groups", [None, 2], ids=["plain", "grouped"])
 @pytest.mark.parametrize("cfg", _bwd_cfgs())
-def test_scan_every_backward_candidate_vs_float64(monkeypatch, cfg, groups):
-    """Each backward configuration the tuner may pick (fp32, float64 reference, NaN-poisoned outputs);
-    the chunk-parallel ones (5 fields, v6) split into 3 sequence groups (1000 steps: 11 + 11 + 10 windows)."""
+def test_scan_every_backward_candidate_vs_float64(monkeypatch, cfg, groups, dtype, tol):
+    """Each backward configuration the tuner may pick (fp32 and bf16, float64 reference, NaN-poisoned
+    outputs); the chunk-parallel ones (5 fields, v6) split into 3 sequence groups (1000 steps:
+    11 + 11 + 10 windows)."""
     monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", cfg)
     if cfg.count(":") == 4:
         monkeypatch.setenv("LONGSEQ_SCAN_BWD_GROUPS", "3")
     gen = torch.Generator(device=DEV).manual_seed(5)
-    t = scan_inputs(2, 64, 1000, 16, groups, torch.float32, gen)
+    t = scan_inputs(2, 64, 1000, 16, groups, dtype, gen)
     xs = {k: v.clone().requires_grad_() for k, v in t.items()}
     xr = {k: v.double().requires_grad_() for k, v in t.items()}
     y, last = call(T().selective_scan, xs)
     yr, lr = call(R.selective_scan_ref, xr)
-    gy = torch.randn(y.shape, generator=gen, device=DEV)
+    gy = torch.randn(y.shape, generator=gen, device=DEV).to(dtype)
     gl = torch.randn(last.shape, generator=gen, device=DEV)
     poison_allocator()
     ((y * gy).sum() + (last * gl).sum()).backward()
     ((yr * gy.double()).sum() + (lr * gl.double()).sum()).backward()
     for k in ARGS:
         assert torch.isfinite(xs[k].grad).all(), k
-        assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
+        assert rel(xs[k].grad, xr[k].grad) < tol, (k, rel(xs[k].grad, xr[k].grad))
 
 
 def test_scan_backward_64bit_offsets_past_2_31_elements():
