@@ -16,6 +16,8 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiled kernels only")]
 
 DEV = "cuda"
+# fp32 within 1e-4 relative of the float64 reference, bf16 within 1e-2
+DTYPES = pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
 
 
 def T():
@@ -54,7 +56,7 @@ def call(fn, t, last=True):
               delta_softplus=True, return_last_state=last, initial_state=t["initial_state"])
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+@DTYPES
 @pytest.mark.parametrize("batch,dim,seqlen,dstate,groups", [
     (2, 1, 1, 16, None), (2, 5, 17, 5, None), (2, 40, 300, 16, 4), (2, 64, 2049, 16, None),
     (1, 96, 4100, 16, 2)])
@@ -129,13 +131,17 @@ def test_scan_64bit_offsets_past_2_31_elements():
             assert rel(y[:, sl], yr) < 1e-2 and rel(last[:, sl], lr) < 1e-4
 
 
+def _cfg_name(c):
+    """A candidate tuple as LONGSEQ_SCAN_*_CFGS spells it ("t4:32:16:4")."""
+    return ":".join(str(x) for x in c)
+
+
 def _fwd_cfgs():
     from longseq.kernels import triton_scan_op as op
-    inf = [(":".join(str(x) for x in c), False) for c in op.FWD_CFGS]
-    return inf + [(":".join(str(x) for x in c), True) for c in op.FWD_TRAIN_CFGS]
+    return [(_cfg_name(c), False) for c in op.FWD_CFGS] + [(_cfg_name(c), True) for c in op.FWD_TRAIN_CFGS]
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+@DTYPES
 @pytest.mark.parametrize("cfg,train", _fwd_cfgs(), ids=lambda v: str(v))
 def test_scan_every_forward_candidate_vs_float64(monkeypatch, cfg, train, dtype, tol):
     """Each forward configuration the tuner may pick, inference and training (fp32 and bf16, float64
@@ -164,10 +170,10 @@ def test_scan_every_forward_candidate_vs_float64(monkeypatch, cfg, train, dtype,
 
 def _bwd_cfgs():
     from longseq.kernels import triton_scan_op as op
-    return [":".join(str(x) for x in c) for c in op.BWD_CFGS]
+    return [_cfg_name(c) for c in op.BWD_CFGS]
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+@DTYPES
 @pytest.mark.parametrize("groups", [None, 2], ids=["plain", "grouped"])
 @pytest.mark.parametrize("cfg", _bwd_cfgs())
 def test_scan_every_backward_candidate_vs_float64(monkeypatch, cfg, groups, dtype, tol):
@@ -219,7 +225,7 @@ def test_scan_backward_64bit_offsets_past_2_31_elements():
         assert rel(A.grad[sl], As.grad) < 1e-2
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+@DTYPES
 @pytest.mark.parametrize("with_init", [False, True])
 def test_causal_conv1d_gpu(dtype, tol, with_init):
     gen = torch.Generator(device=DEV).manual_seed(5)
@@ -254,7 +260,7 @@ def test_selective_state_update_gpu(grouped):
     assert rel(y, yr) < 1e-4 and rel(s1, s2) < 1e-4
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+@DTYPES
 def test_rms_norm_gpu(dtype, tol):
     gen = torch.Generator(device=DEV).manual_seed(7)
     shape = (4, 333, 768)

@@ -147,7 +147,6 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
 
     def run(cfg):
         _, bd, bl, warps = cfg[:4]
-        kernel = scan_fwd_t4_kernel
         nchunks = cdiv(seqlen, bl)
         grid = (cdiv(dim, bd), batch)
         args_in = (u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
@@ -178,10 +177,10 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
             hsum = torch.empty((G, batch, dim, dstate), device=dev, dtype=torch.float32)
             ssum = torch.empty((G, batch, dim), device=dev, dtype=torch.float32)
             # the last group's summary is never read: pass 1 runs groups 0 .. G-2 only
-            COMPILED[name + "_pass1"] = kernel[grid + (G - 1,)](
+            COMPILED[name + "_pass1"] = scan_fwd_t4_kernel[grid + (G - 1,)](
                 *args_in, y, yp, states, last, hsum, ssum, dim, seqlen, dstate, per, nchunks, cpp, *strides,
                 SUMMARY=True, GROUPED=False, **dict(t4, SAVE_STATES=False, SAVE_YPRE=False))
-        COMPILED[name] = kernel[grid + (G,)](
+        COMPILED[name] = scan_fwd_t4_kernel[grid + (G,)](
             *args_in, y, yp, states, last, hsum, ssum, dim, seqlen, dstate, per, nchunks, cpp, *strides,
             SUMMARY=False, GROUPED=G > 1, **t4)
         return states, ypre
