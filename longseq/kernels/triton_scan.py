@@ -523,19 +523,24 @@ def scan_bwd_t4_summary_kernel(
     dsum = tl.zeros((BD,), tl.float32)
     c_lo = pid_g * wpg * SUB
     c_hi = tl.minimum(pid_g * wpg + wpg, nsaved) * SUB
+    # the forward's chunk loads with dout in u's place and C in B's; the chunk before is loaded
+    # ahead of this one's arithmetic, as in the forward (c_lo > 0: group 0 has no summary)
+    nxt = _chunk_loads(c_hi - 1, offs_l, seqlen, mask_d, mask_n3, o_base, dl_base, C_base, C_base, z_base,
+                       s_ol, s_dl, s_Cl, s_Cl, s_zl, BL, False, HAS_Z)
     for i in range(c_hi - c_lo):
         c = c_hi - 1 - i
+        dy_raw, dl_raw, C_raw, _, z_raw = nxt
+        nxt = _chunk_loads(c - 1, offs_l, seqlen, mask_d, mask_n3, o_base, dl_base, C_base, C_base, z_base,
+                           s_ol, s_dl, s_Cl, s_Cl, s_zl, BL, False, HAS_Z)
         t = c * BL + offs_l
-        t64 = t.to(tl.int64)
         m2 = (t < seqlen)[:, None] & mask_d[None, :]
-        _, dl = _delta_tile(tl.load(dl_base + t64[:, None] * s_dl, mask=m2, other=0.0), m2, bias, HAS_BIAS, SOFTPLUS)
+        _, dl = _delta_tile(dl_raw, m2, bias, HAS_BIAS, SOFTPLUS)
         dsum += tl.sum(dl, axis=0)
-        dy = _to_f32(tl.load(o_base + t64[:, None] * s_ol, mask=m2, other=0.0))
+        dy = _to_f32(dy_raw)
         if HAS_Z:
-            zt = _to_f32(tl.load(z_base + t64[:, None] * s_zl, mask=m2, other=0.0))
+            zt = _to_f32(z_raw)
             dy = dy * zt * _sigmoid(zt)
-        mnt = (t < seqlen)[:, None, None] & mask_n3
-        Ct = _to_f32(tl.load(C_base + t64[:, None, None] * s_Cl, mask=mnt, other=0.0))
+        Ct = C_raw.to(tl.float32)       # broadcast over the channels in bf16: see _to_f32
         a = tl.exp2(dl[:, None, :, None] * A2)
         g = dy[:, None, :, None] * Ct[:, :, None, :]
         for rs in tl.static_range(BL):

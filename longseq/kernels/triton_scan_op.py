@@ -210,6 +210,7 @@ def _n_groups(programs: int, nchunks: int, dev, per_sm: int = 3) -> int:
 
 
 MIN_GROUP_CHUNKS = 256
+SUMMARY_BD, SUMMARY_BL = 8, 16   # the backward's summary pass (v12, docs/kernel_notes.md)
 MIN_BWD_GROUP_WINDOWS = 32     # 1024 steps: the summary fold costs one load pair per later group
 
 
@@ -271,13 +272,17 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
         if G > 1:
             esum = torch.empty((G, batch, dim, dstate), device=dev, dtype=torch.float32)
             ssum = torch.empty((G, batch, dim), device=dev, dtype=torch.float32)
-            COMPILED["scan_bwd_pass1"] = scan_bwd_t4_summary_kernel[grid[:2] + (G - 1,)](
+            # the summary pass has its own tiles: one channel per thread (at most 8 on one warp) and
+            # 16-step chunks, whatever the backward's (its group edges are window edges, and it
+            # needs none of the backward's dB/dC reduction over channels that picks those)
+            sbd = min(SUMMARY_BD, bd)
+            COMPILED["scan_bwd_pass1"] = scan_bwd_t4_summary_kernel[(cdiv(dim, sbd), batch, G - 1)](
                 delta, A, C, z if z is not None else dummy, delta_bias if delta_bias is not None else dummy, dout,
                 esum, ssum, dim, seqlen, dstate, per, nsaved, wpg,
                 *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides_bc(C, groups),
                 *_strides3(dout),
-                BD=bd, NP=NP, BL=bl, NR=min(4, NP), WIN=SAVE_CHUNK, HAS_Z=z is not None,
-                HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), num_warps=warps)
+                BD=sbd, NP=NP, BL=SUMMARY_BL, NR=min(4, NP), WIN=SAVE_CHUNK, HAS_Z=z is not None,
+                HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), num_warps=1)
         COMPILED["scan_bwd"] = scan_bwd_t4_kernel[grid](
             u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, states, dout, dlast if dlast is not None else dummy,
