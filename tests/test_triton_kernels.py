@@ -7,6 +7,8 @@ the interpreter costs ~0.2 ms per tile operation.
 import importlib.util
 import os
 
+import re
+
 import pytest
 import torch
 
@@ -255,6 +257,39 @@ def test_selective_scan_chunk_parallel_forward(monkeypatch, train):
     if train:
         for k in xs:
             assert rel(xs[k].grad, xr[k].grad) < 1e-4, k
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("seq_groups", [None, "3"])
+@pytest.mark.parametrize("seqlen", [1, 17, 300])
+def test_selective_scan_forward_two_chunks_ahead(monkeypatch, train, seq_groups, seqlen):
+    """The "t4p2" forward (the next two chunks' tiles loaded ahead of the arithmetic), whole and in
+    3 sequence groups, at lengths of one step, a partial chunk and many chunks."""
+    monkeypatch.setenv("LONGSEQ_SCAN_FWD_TRAIN_CFGS" if train else "LONGSEQ_SCAN_FWD_CFGS", "t4p2:4:8:4")
+    if seq_groups:
+        monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", seq_groups)
+    gen = torch.Generator().manual_seed(14 + seqlen)
+    t = scan_inputs(2, 5, seqlen, 16, None, gen)
+    xs, xr, out, ref = scan_vs_reference(t, FULL, gen, list(t) if train else [])
+    for o, r in zip(out, ref):
+        assert rel(o, r) < 1e-5
+    if train:
+        for k in xs:
+            assert rel(xs[k].grad, xr[k].grad) < 1e-4, k
+
+
+def test_selective_scan_rejects_unknown_variant(monkeypatch):
+    """The backward has no "t4p2" variant; a misspelt configuration names the accepted ones."""
+    gen = torch.Generator().manual_seed(0)
+    t = scan_inputs(1, 4, 8, 4, None, gen)
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", "t4p2:4:8:4")
+    u = t["u"].clone().requires_grad_()
+    y = T().selective_scan(u, t["delta"], t["A"], t["B"], t["C"])
+    with pytest.raises(ValueError, match="t4:BD:BL:warps"):
+        y.sum().backward()
+    monkeypatch.setenv("LONGSEQ_SCAN_FWD_CFGS", "t5:4:8:4")
+    with pytest.raises(ValueError, match=re.escape("t4|t4p2:BD:BL:warps")):
+        T().selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"])
 
 
 T4_SHAPES = [(2, 1, 1, 3, None), (2, 5, 17, 4, None), (1, 40, 17, 16, 4), (1, 5, 300, 16, None),

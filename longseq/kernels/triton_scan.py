@@ -152,7 +152,7 @@ def scan_fwd_t4_kernel(
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, SAVE_EVERY: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr, SUMMARY: tl.constexpr, GROUPED: tl.constexpr,
-    SAVE_YPRE: tl.constexpr,
+    SAVE_YPRE: tl.constexpr, AHEAD: tl.constexpr = 1,
 ):
     """Forward with 4-D tiles [BL, NQ, BD, NR] (state n = q * NR + r) and a sequential recurrence.
 
@@ -211,16 +211,25 @@ def scan_fwd_t4_kernel(
     nz = tl.zeros((BL, NQ, BD, NR), tl.float32) * -1.0
     dsum = tl.zeros((BD,), tl.float32)
 
-    # software pipelining: the next chunk's raw tiles are loaded before this chunk's arithmetic, so
-    # their DRAM latency overlaps it (a one-warp program has few neighbours on the SM to hide it)
+    # software pipelining: the next chunk's raw tiles (AHEAD = 2: the next two chunks') are loaded
+    # before this chunk's arithmetic, so their DRAM latency overlaps it (a one-warp program has few
+    # neighbours on the SM to hide it; two ahead pays where the DRAM is slow to serve, v13)
     c_lo = pid_g * cpp
     c_hi = tl.minimum(c_lo + cpp, nchunks)
     nxt = _chunk_loads(c_lo, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
                        s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, not SUMMARY, HAS_Z and not SUMMARY)
+    if AHEAD == 2:
+        nxt2 = _chunk_loads(c_lo + 1, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
+                            s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, not SUMMARY, HAS_Z and not SUMMARY)
     for c in range(c_lo, c_hi):
         u_raw, dl_raw, B_raw, C_raw, z_raw = nxt
-        nxt = _chunk_loads(c + 1, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
-                           s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, not SUMMARY, HAS_Z and not SUMMARY)
+        if AHEAD == 2:
+            nxt = nxt2
+            nxt2 = _chunk_loads(c + 2, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
+                                s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, not SUMMARY, HAS_Z and not SUMMARY)
+        else:
+            nxt = _chunk_loads(c + 1, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
+                               s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, not SUMMARY, HAS_Z and not SUMMARY)
         t = c * BL + offs_l
         mask_t = t < seqlen
         t64 = t.to(tl.int64)

@@ -27,20 +27,26 @@ def _bd_ok(bd: int, dim: int, groups: int) -> bool:
     return (dim // groups) % bd == 0
 
 
+# Forward variants: how many chunks ahead the raw tiles are loaded (v13). The backward has "t4" only.
+FWD_VARIANTS = {"t4": 1, "t4p2": 2}
+
+
 def _candidates(dim, groups, cfgs, kind):
-    """Valid ("t4", BD, BL, num_warps[, programs per SM]) configurations to time, in order of
+    """Valid (variant, BD, BL, num_warps[, programs per SM]) configurations to time, in order of
     preference. $LONGSEQ_SCAN_FWD_CFGS / _FWD_TRAIN_CFGS / _BWD_CFGS ("t4:8:16:1,...") replace the
     inference forward's / the training forward's / the backward's list."""
     listed = os.environ.get({"fwd": "LONGSEQ_SCAN_FWD_CFGS", "fwd_train": "LONGSEQ_SCAN_FWD_TRAIN_CFGS",
                              "bwd": "LONGSEQ_SCAN_BWD_CFGS"}[kind])
+    variants = ("t4",) if kind == "bwd" else tuple(FWD_VARIANTS)
     if listed:
         cfgs = [tuple([f[0]] + [int(x) for x in f[1:]]) for f in (c.split(":") for c in listed.split(","))]
-        if any(c[0] != "t4" or len(c) not in (4, 5) for c in cfgs):
-            raise ValueError(f"scan configurations are t4:BD:BL:warps[:programs_per_SM]; got {listed!r}")
+        if any(c[0] not in variants or len(c) not in (4, 5) for c in cfgs):
+            raise ValueError(f"scan configurations are {'|'.join(variants)}:BD:BL:warps[:programs_per_SM]; "
+                             f"got {listed!r}")
     if os.environ.get("TRITON_INTERPRET") == "1":
         # the interpreter's cost is per operation, not per element: fewer, wider programs are faster
-        bl = cfgs[0][2]
-        cfgs = [("t4", bd, bl, 4) for bd in (16, 8, 4, 2, 1)]
+        variant, bl = cfgs[0][0], cfgs[0][2]
+        cfgs = [(variant, bd, bl, 4) for bd in (16, 8, 4, 2, 1)]
     if kind != "fwd" and any(SAVE_CHUNK % c[2] for c in cfgs):
         # the training forward saves the state every SAVE_CHUNK // BL chunks, and the backward's
         # sub-chunks (BL) tile the SAVE_CHUNK-step windows between saved states
@@ -51,7 +57,7 @@ def _candidates(dim, groups, cfgs, kind):
             out.append(c)
             seen.add(c)
     if not out:
-        out = [("t4", 1, cfgs[0][2], 4)]
+        out = [(cfgs[0][0], 1, cfgs[0][2], 4)]
     return out
 
 
@@ -59,16 +65,19 @@ def _candidates(dim, groups, cfgs, kind):
 # given, makes the launch chunk-parallel when the (dim / BD) * batch programs are too few for the
 # chip: it is the target in programs per SM (batch 1 at long lengths; _n_groups, _n_bwd_groups).
 # Forward (v4-v8): wide programs at batch 8, the grouped ones at batch 1 (v10: two channels per
-# thread, BL = 8, with more groups). Backward (v5-v8): one warp per program, 8-step sub-chunks; v10:
+# thread, BL = 8, with more groups; v13: "t4p2", two chunks loaded ahead, for the configurations where
+# it won in the sweep). Backward (v5-v8): one warp per program, 8-step sub-chunks; v10:
 # 16 channels on one warp (two per thread) with 4-step sub-chunks, the H100's pick at every shape.
 # The tuner times them per shape on first use; with LONGSEQ_AUTOTUNE=0 the first valid one is used.
 FWD_CFGS = [("t4", 32, 16, 4), ("t4", 16, 16, 2), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
             ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4), ("t4", 32, 16, 4, 8), ("t4", 32, 8, 4, 8),
             ("t4", 32, 8, 4, 12), ("t4", 32, 8, 4, 16), ("t4", 32, 16, 4, 16), ("t4", 16, 8, 1, 24),
-            ("t4", 16, 8, 1, 32), ("t4", 32, 8, 2, 16)]
+            ("t4", 16, 8, 1, 32), ("t4", 32, 8, 2, 16),
+            ("t4p2", 16, 16, 2), ("t4p2", 32, 16, 4, 16), ("t4p2", 16, 8, 1, 24)]
 FWD_TRAIN_CFGS = [("t4", 16, 16, 2), ("t4", 32, 16, 4), ("t4", 8, 16, 1), ("t4", 32, 8, 4), ("t4", 4, 16, 1),
                   ("t4", 32, 16, 4, 4), ("t4", 32, 8, 4, 4), ("t4", 32, 8, 4, 8), ("t4", 32, 8, 4, 16),
-                  ("t4", 8, 16, 1, 32), ("t4", 8, 16, 1, 48), ("t4", 16, 16, 2, 16)]
+                  ("t4", 8, 16, 1, 32), ("t4", 8, 16, 1, 48), ("t4", 16, 16, 2, 16),
+                  ("t4p2", 8, 16, 1), ("t4p2", 32, 8, 4), ("t4p2", 8, 16, 1, 48), ("t4p2", 32, 8, 4, 16)]
 BWD_CFGS = [("t4", 4, 8, 1), ("t4", 8, 8, 1), ("t4", 16, 4, 1), ("t4", 4, 8, 1, 16), ("t4", 4, 8, 1, 24),
             ("t4", 4, 8, 1, 32), ("t4", 4, 8, 1, 48), ("t4", 4, 8, 1, 64), ("t4", 16, 4, 1, 32)]
 
@@ -170,7 +179,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
         G = _n_groups(batch * grid[0], nchunks, dev, cfg[4] if len(cfg) > 4 else 3)
         cpp = cdiv(cdiv(nchunks, G), save_every) * save_every   # group edges on saved states
         G = cdiv(nchunks, cpp)
-        t4 = dict(NR=min(4, NP), SAVE_EVERY=save_every, SAVE_STATES=save_states, SAVE_YPRE=ypre is not None, **flags)
+        t4 = dict(AHEAD=FWD_VARIANTS[cfg[0]], NR=min(4, NP), SAVE_EVERY=save_every, SAVE_STATES=save_states, SAVE_YPRE=ypre is not None, **flags)
         yp = ypre if ypre is not None else y
         hsum = ssum = last
         if G > 1:
