@@ -24,7 +24,7 @@ os.environ["LONGSEQ_AUTOTUNE"] = "0"
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.profile_scan import CHOSEN  # noqa: E402
+from benchmarks.profile_scan import CHOSEN, step_inputs  # noqa: E402
 from longseq.kernels import triton_scan_op as op  # noqa: E402
 
 
@@ -43,15 +43,6 @@ class ClockLog:
         rows = [r.split(", ") for r in out.strip().splitlines() if r.count(",") == 3]
         self.mhz = [float(r[1]) for r in rows if r[1].strip().replace(".", "").isdigit()]
         self.watts = [float(r[2]) for r in rows if r[2].strip().replace(".", "").isdigit()]
-
-
-def step_inputs(b, d, L, dt):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
-    n = 16
-    return dict(u=r(b, d, L).to(dt), z=r(b, d, L).to(dt), dy=r(b, d, L).to(dt),
-                delta=(r(b, d, L) * 0.5 - 2.0).to(dt), B=r(b, n, L).to(dt), C=r(b, n, L).to(dt),
-                A=-torch.arange(1, n + 1, device="cuda", dtype=torch.float32).repeat(d, 1), D=r(d), bias=r(d) * 0.1)
 
 
 def phases(t):

@@ -29,6 +29,16 @@ CHOSEN = {"LONGSEQ_SCAN_FWD_CFGS": ("t4:16:16:2", "t4:16:8:1:32"),
           "LONGSEQ_SCAN_BWD_CFGS": ("t4:16:4:1", "t4:16:4:1:32")}
 
 
+def step_inputs(b, d, L, dt):
+    """One training step's scan inputs on the GPU (seeded): u, z, dy, delta, B, C, A, D, bias."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    n = 16
+    return dict(u=r(b, d, L).to(dt), z=r(b, d, L).to(dt), dy=r(b, d, L).to(dt),
+                delta=(r(b, d, L) * 0.5 - 2.0).to(dt), B=r(b, n, L).to(dt), C=r(b, n, L).to(dt),
+                A=-torch.arange(1, n + 1, device="cuda", dtype=torch.float32).repeat(d, 1), D=r(d), bias=r(d) * 0.1)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=8)
@@ -38,15 +48,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     for k, (b8, b1) in CHOSEN.items():
         os.environ.setdefault(k, b1 if a.batch == 1 else b8)
-    dt = getattr(torch, a.dtype)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
-    b, d, L, n = a.batch, a.dim, a.seqlen, 16
-    u, z, dy = r(b, d, L).to(dt), r(b, d, L).to(dt), r(b, d, L).to(dt)
-    delta = (r(b, d, L) * 0.5 - 2.0).to(dt)
-    B, C = r(b, n, L).to(dt), r(b, n, L).to(dt)
-    A = -torch.arange(1, n + 1, device="cuda", dtype=torch.float32).repeat(d, 1)
-    D, bias = r(d), r(d) * 0.1
+    t = step_inputs(a.batch, a.dim, a.seqlen, getattr(torch, a.dtype))
+    u, z, dy, delta, B, C, A, D, bias = (t[k] for k in ("u", "z", "dy", "delta", "B", "C", "A", "D", "bias"))
     op._fwd(u, delta, A, B, C, D, z, bias, True, None, False)
     _, _, states, ypre = op._fwd(u, delta, A, B, C, D, z, bias, True, None, True)
     op._bwd(dy, None, u, delta, A, B, C, D, z, bias, True, states, [True] * 9, ypre)

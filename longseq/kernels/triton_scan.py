@@ -223,13 +223,13 @@ def scan_fwd_t4_kernel(
                             s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, not SUMMARY, HAS_Z and not SUMMARY)
     for c in range(c_lo, c_hi):
         u_raw, dl_raw, B_raw, C_raw, z_raw = nxt
+        ahead = _chunk_loads(c + AHEAD, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
+                             s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, not SUMMARY, HAS_Z and not SUMMARY)
         if AHEAD == 2:
             nxt = nxt2
-            nxt2 = _chunk_loads(c + 2, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
-                                s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, not SUMMARY, HAS_Z and not SUMMARY)
+            nxt2 = ahead
         else:
-            nxt = _chunk_loads(c + 1, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
-                               s_ul, s_dl, s_Bl, s_Cl, s_zl, BL, not SUMMARY, HAS_Z and not SUMMARY)
+            nxt = ahead
         t = c * BL + offs_l
         mask_t = t < seqlen
         t64 = t.to(tl.int64)

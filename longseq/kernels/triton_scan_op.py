@@ -179,7 +179,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
         G = _n_groups(batch * grid[0], nchunks, dev, cfg[4] if len(cfg) > 4 else 3)
         cpp = cdiv(cdiv(nchunks, G), save_every) * save_every   # group edges on saved states
         G = cdiv(nchunks, cpp)
-        t4 = dict(AHEAD=FWD_VARIANTS[cfg[0]], NR=min(4, NP), SAVE_EVERY=save_every, SAVE_STATES=save_states, SAVE_YPRE=ypre is not None, **flags)
+        t4 = dict(AHEAD=FWD_VARIANTS[cfg[0]], NR=min(4, NP), SAVE_EVERY=save_every, SAVE_STATES=save_states,
+                  SAVE_YPRE=ypre is not None, **flags)
         yp = ypre if ypre is not None else y
         hsum = ssum = last
         if G > 1:
