@@ -127,15 +127,18 @@ def save(res, path):
 
 
 def main():
+    global N  # --dstate: make() and the byte counts read it
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="scan-bench.json")
     ap.add_argument("--mamba-wait", type=float, default=240)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--shapes", default="", help="comma-separated BxDxL (default: all of SHAPES)")
     ap.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated (default: both)")
+    ap.add_argument("--dstate", type=int, default=N, help=f"state size (default {N})")
     ap.add_argument("--ours-only", action="store_true",
                     help="skip the PyTorch paths and SDPA (short device runs; their numbers do not change)")
     args = ap.parse_args()
+    N = args.dstate
     torch.backends.cuda.matmul.allow_tf32 = True
     props = torch.cuda.get_device_properties(0)
     res = dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__,

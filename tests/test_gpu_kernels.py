@@ -59,8 +59,24 @@ def call(fn, t, last=True):
 @DTYPES
 @pytest.mark.parametrize("batch,dim,seqlen,dstate,groups", [
     (2, 1, 1, 16, None), (2, 5, 17, 5, None), (2, 40, 300, 16, 4), (2, 64, 2049, 16, None),
-    (1, 96, 4100, 16, 2)])
+    (1, 96, 4100, 16, 2),
+    # above dstate 16 the tuned lists are scaled down (_for_dstate): fewer channels, more warps
+    (2, 40, 300, 32, 4), (2, 24, 1000, 64, None), (1, 8, 700, 128, 2), (2, 5, 300, 256, None)])
 def test_scan_fwd_bwd_vs_float64(dtype, tol, batch, dim, seqlen, dstate, groups):
+    fwd_bwd_vs_float64(dtype, tol, batch, dim, seqlen, dstate, groups)
+
+
+@DTYPES
+@pytest.mark.parametrize("dstate", [64, 256])
+def test_scan_larger_dstate_in_sequence_groups_vs_float64(monkeypatch, dtype, tol, dstate):
+    """The chunk-parallel launches (3 sequence groups forward and backward) at dstate above 16."""
+    monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", "3")
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_GROUPS", "3")
+    fwd_bwd_vs_float64(dtype, tol, 1, 24, 1000, dstate, None)
+
+
+def fwd_bwd_vs_float64(dtype, tol, batch, dim, seqlen, dstate, groups):
+    """Outputs and every gradient against the float64 reference, outputs over NaN-poisoned memory."""
     gen = torch.Generator(device=DEV).manual_seed(seqlen + dim)
     t = scan_inputs(batch, dim, seqlen, dstate, groups, dtype, gen)
     xs = {k: v.clone().requires_grad_() for k, v in t.items()}

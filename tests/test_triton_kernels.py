@@ -77,7 +77,9 @@ def scan_vs_reference(t, flags, gen, names):
     (1, 5, 65, 16, 5, FULL),          # crosses a 64-step chunk boundary by one step; per-group dim 1
     (1, 5, 300, 16, None, FULL),
     (1, 40, 300, 16, 2, dict(FULL, last=False)),
-], ids=["L1-d1", "L17-d5", "L17-d40-grouped", "L17-d5-plain", "L65-d5-grouped", "L300-d5", "L300-d40-grouped"])
+    (2, 5, 40, 64, None, FULL),
+], ids=["L1-d1", "L17-d5", "L17-d40-grouped", "L17-d5-plain", "L65-d5-grouped", "L300-d5", "L300-d40-grouped",
+        "L40-d5-N64"])
 def test_selective_scan_matches_float64_reference(batch, dim, seqlen, dstate, groups, flags):
     gen = torch.Generator().manual_seed(seqlen * 100 + dim)
     t = scan_inputs(batch, dim, seqlen, dstate, groups, gen)
@@ -91,6 +93,28 @@ def test_selective_scan_matches_float64_reference(batch, dim, seqlen, dstate, gr
         assert xs[k].grad is not None, k
         assert xs[k].grad.shape == t[k].shape, k
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
+
+
+def test_configurations_for_larger_dstate_keep_the_states_per_thread(monkeypatch):
+    """The tuned lists (dstate 16) scaled for a larger dstate: BD * dstate as at 16, more warps where a
+    channel is all a program holds, every other field kept; as given when listed in the environment."""
+    from longseq.kernels import triton_scan_op as op
+    for cfgs in (op.FWD_CFGS, op.FWD_TRAIN_CFGS, op.BWD_CFGS):
+        for c in cfgs:
+            assert op._for_dstate(c, 16) == c
+            for NP in (32, 64, 128, 256):
+                s = op._for_dstate(c, NP)
+                assert s[0] == c[0] and s[2] == c[2] and s[4:] == c[4:]
+                assert s[1] >= 1 and s[1] * NP == max(c[1] * 16, NP), (c, NP, s)
+                # states per thread (BD * NP / warps) never above the tuned configuration's
+                assert s[1] * NP / s[3] <= max(c[1] * 16 / c[3], NP / 8), (c, NP, s)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for k in ("LONGSEQ_SCAN_FWD_CFGS", "LONGSEQ_SCAN_BWD_CFGS"):
+        monkeypatch.delenv(k, raising=False)
+    assert op._candidates(1536, 1, op.FWD_CFGS, "fwd", 64)[0] == ("t4", 8, 16, 4)
+    assert op._candidates(1536, 1, op.BWD_CFGS, "bwd", 256)[0] == ("t4", 1, 8, 4)
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", "t4:4:8:1")
+    assert op._candidates(1536, 1, op.BWD_CFGS, "bwd", 256) == [("t4", 4, 8, 1)]
 
 
 def test_selective_scan_deterministic_mode_matches_atomic(monkeypatch):

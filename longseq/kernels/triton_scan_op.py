@@ -31,14 +31,32 @@ def _bd_ok(bd: int, dim: int, groups: int) -> bool:
 FWD_VARIANTS = {"t4": 1, "t4p2": 2}
 
 
-def _candidates(dim, groups, cfgs, kind):
+def _for_dstate(cfg, NP):
+    """A configuration of the lists below (tuned at dstate 16) for a padded dstate NP > 16. A program's
+    tiles hold BD * NP states per step, so at a larger dstate they would spill (dstate 64 with BD = 32:
+    336 bytes of stack on Triton 3.6; dstate 256: 13 KB): keep BD * NP as at 16 (fewer channels per
+    program) and, where that leaves less than one channel, spread the channel over more warps (at
+    most 8)."""
+    scale = NP // 16
+    if scale <= 1:
+        return cfg
+    variant, bd, bl, warps = cfg[:4]
+    new_bd = max(1, bd // scale)
+    warps = min(8, warps * max(1, scale * new_bd // bd))
+    return (variant, new_bd, bl, warps) + tuple(cfg[4:])
+
+
+def _candidates(dim, groups, cfgs, kind, NP=16):
     """Valid (variant, BD, BL, num_warps[, programs per SM]) configurations to time, in order of
-    preference. $LONGSEQ_SCAN_FWD_CFGS / _FWD_TRAIN_CFGS / _BWD_CFGS ("t4:8:16:1,...") replace the
-    inference forward's / the training forward's / the backward's list."""
+    preference, for a padded dstate NP (the built-in lists are scaled by _for_dstate).
+    $LONGSEQ_SCAN_FWD_CFGS / _FWD_TRAIN_CFGS / _BWD_CFGS ("t4:8:16:1,...") replace the inference
+    forward's / the training forward's / the backward's list, as given."""
     listed = os.environ.get({"fwd": "LONGSEQ_SCAN_FWD_CFGS", "fwd_train": "LONGSEQ_SCAN_FWD_TRAIN_CFGS",
                              "bwd": "LONGSEQ_SCAN_BWD_CFGS"}[kind])
     variants = ("t4",) if kind == "bwd" else tuple(FWD_VARIANTS)
-    if listed:
+    if not listed:
+        cfgs = [_for_dstate(c, NP) for c in cfgs]
+    else:
         cfgs = [tuple([f[0]] + [int(x) for x in f[1:]]) for f in (c.split(":") for c in listed.split(","))]
         if any(c[0] not in variants or len(c) not in (4, 5) for c in cfgs):
             raise ValueError(f"scan configurations are {'|'.join(variants)}:BD:BL:warps[:programs_per_SM]; "
@@ -89,14 +107,14 @@ _KNOBS = ("LONGSEQ_SCAN_FWD_CFGS", "LONGSEQ_SCAN_FWD_TRAIN_CFGS", "LONGSEQ_SCAN_
 _CANDS: dict = {}
 
 
-def _fwd_candidates(batch, dim, seqlen, groups, dev, save_states):
-    key = ("fwd", batch, dim, seqlen, groups, str(dev), save_states) + tuple(os.environ.get(k) for k in _KNOBS)
+def _fwd_candidates(batch, dim, seqlen, groups, dev, save_states, NP):
+    key = ("fwd", batch, dim, seqlen, groups, str(dev), save_states, NP) + tuple(os.environ.get(k) for k in _KNOBS)
     cands = _CANDS.get(key)
     if cands is None:
         if save_states:
-            cands = _candidates(dim, groups, FWD_TRAIN_CFGS, "fwd_train")
+            cands = _candidates(dim, groups, FWD_TRAIN_CFGS, "fwd_train", NP)
         else:
-            cands = _candidates(dim, groups, FWD_CFGS, "fwd")
+            cands = _candidates(dim, groups, FWD_CFGS, "fwd", NP)
 
         # a configuration with its own groups-per-SM target (5th field) that resolves to the same
         # group count as its 3-per-SM twin is a duplicate: not timed
@@ -106,11 +124,11 @@ def _fwd_candidates(batch, dim, seqlen, groups, dev, save_states):
     return cands
 
 
-def _bwd_candidates(batch, dim, nsaved, groups, dev):
-    key = ("bwd", batch, dim, nsaved, groups, str(dev)) + tuple(os.environ.get(k) for k in _KNOBS)
+def _bwd_candidates(batch, dim, nsaved, groups, dev, NP):
+    key = ("bwd", batch, dim, nsaved, groups, str(dev), NP) + tuple(os.environ.get(k) for k in _KNOBS)
     cands = _CANDS.get(key)
     if cands is None:
-        cands = _candidates(dim, groups, BWD_CFGS, "bwd")
+        cands = _candidates(dim, groups, BWD_CFGS, "bwd", NP)
         # a chunk-parallel configuration (5th field: programs per SM) that resolves to one group is a
         # duplicate of its plain one: not timed
         split = [c for c in cands if len(c) < 5 or _n_bwd_groups(batch * cdiv(dim, c[1]), nsaved, c[4], dev) > 1]
@@ -149,7 +167,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
     if initial_state is not None:
         initial_state = initial_state.float().contiguous()
     dummy = y
-    cands = _fwd_candidates(batch, dim, seqlen, groups, dev, save_states)
+    cands = _fwd_candidates(batch, dim, seqlen, groups, dev, save_states, NP)
     states_holder = {}
     # the training forward with z also writes the output before the gate (read by the backward's dz)
     ypre = torch.empty_like(y) if (save_states and z is not None) else None
@@ -256,7 +274,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
     dummy = du
     if dlast is not None:
         dlast = dlast.float().contiguous()
-    cands = _bwd_candidates(batch, dim, nsaved, groups, dev)
+    cands = _bwd_candidates(batch, dim, nsaved, groups, dev, NP)
     bufs = {}
 
     def run(cfg):
