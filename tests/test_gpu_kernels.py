@@ -184,6 +184,38 @@ def test_scan_every_forward_candidate_vs_float64(monkeypatch, cfg, train, dtype,
             assert rel(xs[k].grad, xr[k].grad) < tol, (k, rel(xs[k].grad, xr[k].grad))
 
 
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+def test_scan_every_forward_candidate_at_dstate_64_vs_float64(monkeypatch, train):
+    """dstate 64 offers the tuner the scaled lists and the dstate-16 ones (_candidates): each, fp32,
+    against float64 (the chunk-parallel ones in 3 sequence groups); with the gradients when training."""
+    from longseq.kernels import triton_scan_op as op
+    cfgs = op._candidates(40, 1, op.FWD_TRAIN_CFGS if train else op.FWD_CFGS, "fwd_train" if train else "fwd", 64)
+    gen = torch.Generator(device=DEV).manual_seed(9)
+    t = scan_inputs(2, 40, 300, 64, None, torch.float32, gen)
+    xr = {k: v.double().requires_grad_(train) for k, v in t.items()}
+    with torch.set_grad_enabled(train):
+        yr, lr = call(R.selective_scan_ref, xr)
+    gy = torch.randn(yr.shape, generator=gen, device=DEV)
+    if train:
+        (yr * gy.double()).sum().backward()
+    for c in cfgs:
+        name = _cfg_name(c)
+        monkeypatch.setenv("LONGSEQ_SCAN_FWD_TRAIN_CFGS" if train else "LONGSEQ_SCAN_FWD_CFGS", name)
+        if len(c) == 5:
+            monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", "3")
+        else:
+            monkeypatch.delenv("LONGSEQ_SCAN_GROUPS", raising=False)
+        xs = {k: v.clone().requires_grad_(train) for k, v in t.items()}
+        poison_allocator(1 << 28)
+        with torch.set_grad_enabled(train):
+            y, last = call(T().selective_scan, xs)
+        assert rel(y, yr) < 1e-4 and rel(last, lr) < 1e-4, (name, rel(y, yr), rel(last, lr))
+        if train:
+            (y * gy).sum().backward()
+            for k in ARGS:
+                assert rel(xs[k].grad, xr[k].grad) < 1e-4, (name, k, rel(xs[k].grad, xr[k].grad))
+
+
 def _bwd_cfgs():
     from longseq.kernels import triton_scan_op as op
     return [_cfg_name(c) for c in op.BWD_CFGS]

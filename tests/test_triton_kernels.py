@@ -111,8 +111,11 @@ def test_configurations_for_larger_dstate_keep_the_states_per_thread(monkeypatch
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     for k in ("LONGSEQ_SCAN_FWD_CFGS", "LONGSEQ_SCAN_BWD_CFGS"):
         monkeypatch.delenv(k, raising=False)
-    assert op._candidates(1536, 1, op.FWD_CFGS, "fwd", 64)[0] == ("t4", 8, 16, 4)
-    assert op._candidates(1536, 1, op.BWD_CFGS, "bwd", 256)[0] == ("t4", 1, 8, 4)
+    # scaled first (the pick without tuning); the tuned ones too up to dstate 64, not above
+    fwd64 = op._candidates(1536, 1, op.FWD_CFGS, "fwd", 64)
+    assert fwd64[0] == ("t4", 8, 16, 4) and set(op.FWD_CFGS) <= set(fwd64) and len(set(fwd64)) == len(fwd64)
+    bwd256 = op._candidates(1536, 1, op.BWD_CFGS, "bwd", 256)
+    assert bwd256[0] == ("t4", 1, 8, 4) and all(c[1] == 1 for c in bwd256)
     monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", "t4:4:8:1")
     assert op._candidates(1536, 1, op.BWD_CFGS, "bwd", 256) == [("t4", 4, 8, 1)]
 

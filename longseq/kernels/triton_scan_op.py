@@ -33,10 +33,10 @@ FWD_VARIANTS = {"t4": 1, "t4p2": 2}
 
 def _for_dstate(cfg, NP):
     """A configuration of the lists below (tuned at dstate 16) for a padded dstate NP > 16. A program's
-    tiles hold BD * NP states per step, so at a larger dstate they would spill (dstate 64 with BD = 32:
-    336 bytes of stack on Triton 3.6; dstate 256: 13 KB): keep BD * NP as at 16 (fewer channels per
-    program) and, where that leaves less than one channel, spread the channel over more warps (at
-    most 8)."""
+    tiles hold BD * NP states per step, so at a larger dstate most would spill (dstate 64 with BD = 32,
+    16-step chunks: 336 bytes of stack on Triton 3.6; dstate 256: 13 KB): keep BD * NP as at 16 (fewer
+    channels per program) and, where that leaves less than one channel, spread the channel over more
+    warps (at most 8)."""
     scale = NP // 16
     if scale <= 1:
         return cfg
@@ -55,7 +55,10 @@ def _candidates(dim, groups, cfgs, kind, NP=16):
                              "bwd": "LONGSEQ_SCAN_BWD_CFGS"}[kind])
     variants = ("t4",) if kind == "bwd" else tuple(FWD_VARIANTS)
     if not listed:
-        cfgs = [_for_dstate(c, NP) for c in cfgs]
+        # scaled first (no spills: the pick without tuning); up to dstate 64 the forward's tuned ones
+        # as well, for the tuner (dstate 64 on the H100: t4:32:8:4 beats every scaled configuration by
+        # 12-17%; the backward's spill and lose by 20% or more; kernel_notes v15)
+        cfgs = [_for_dstate(c, NP) for c in cfgs] + (list(cfgs) if NP <= 64 and kind != "bwd" else [])
     else:
         cfgs = [tuple([f[0]] + [int(x) for x in f[1:]]) for f in (c.split(":") for c in listed.split(","))]
         if any(c[0] not in variants or len(c) not in (4, 5) for c in cfgs):
