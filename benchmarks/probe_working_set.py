@@ -7,9 +7,13 @@ Open questions)? Two candidate causes predict different things:
   384 channels each is fast too.
 
 Every case runs one forward configuration with the sequence groups forced to the same length
-(8192 steps), so each program does the same work. Prints a table, writes $OUT/probe_working_set.json.
+(8192 steps), so each program does the same work; --case DIM:SEQLEN:LAUNCHES:PAD picks the cases
+(PAD > 0: every (..., seqlen) buffer in rows of seqlen + PAD, off the power-of-two stride), --bwd
+times the backward instead. Prints a table, writes $OUT/probe_working_set.json. Results and their
+reading: docs/benchmarks/probe-working-set-h100.txt, docs/kernel_notes.md v15.
 
     python benchmarks/probe_working_set.py [--cfgs t4:16:8:1,t4p2:32:16:4] [--dtype float32]
+        [--case 384:1048576:1:64 ...] [--bwd t4:16:4:1:32]
 """
 import argparse
 import json
@@ -113,7 +117,8 @@ def main():
             torch.cuda.synchronize()
             ms = do_bench(call, warmup=3, rep=400, return_mode="median")
             gb = d * L * t["u"].element_size() / 1e9
-            row = dict(cfg=cfg, kind="bwd" if args.bwd else "fwd", dtype=args.dtype, dim=d, seqlen=L, launches=launches, pad=pad, groups=L // GROUP_STEPS,
+            row = dict(cfg=cfg, kind="bwd" if args.bwd else "fwd", dtype=args.dtype, dim=d, seqlen=L,
+                       launches=launches, pad=pad, groups=L // GROUP_STEPS,
                        tensor_GB=round(gb, 2), row_bytes=t["u"].stride(1) * t["u"].element_size(), ms=round(ms, 3),
                        ns_per_token_channel=round(ms * 1e6 / (d * L), 5))
             rows.append(row)
