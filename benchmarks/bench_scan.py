@@ -26,6 +26,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from longseq.kernels import reference as R  # noqa: E402
 from longseq.kernels import triton_ops, triton_scan_op, triton_tune  # noqa: E402
+from common import scan_inputs  # noqa: E402
 
 DEV = "cuda"
 SHAPES = [(8, 1536, 2048), (8, 1536, 8192), (8, 1536, 32768), (1, 1536, 262144), (1, 1536, 1 << 20)]
@@ -65,9 +66,9 @@ def warm_up(seconds=2.0):
         torch.cuda.synchronize()
 
 
-def host_overhead(gen, calls=200):
+def host_overhead(calls=200):
     """Microseconds of Python/launch time per forward call, from a shape whose kernels take ~nothing."""
-    t = make(1, 64, 64, torch.float32, gen)
+    t = scan_inputs(1, 64, 64, torch.float32, device=DEV)
     with torch.no_grad():
         for _ in range(20):
             ours(t)
@@ -79,17 +80,8 @@ def host_overhead(gen, calls=200):
     return (time.perf_counter() - t0) / calls * 1e6
 
 
-def make(b, d, L, dtype, gen):
-    r = lambda *s: torch.randn(*s, device=DEV, generator=gen)
-    t = dict(u=r(b, d, L).to(dtype), delta=(r(b, d, L) * 0.5 - 2.0).to(dtype), z=r(b, d, L).to(dtype),
-             B=r(b, N, L).to(dtype), C=r(b, N, L).to(dtype))
-    t.update(A=-torch.arange(1, N + 1, device=DEV, dtype=torch.float32).repeat(d, 1) * (1 + 0.01 * r(d, 1)).abs(),
-             D=r(d), delta_bias=r(d) * 0.1)
-    return t
-
-
 def ours(t, grad=False):
-    return triton_ops.selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"],
+    return triton_ops.selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["bias"],
                                      delta_softplus=True)
 
 
@@ -127,7 +119,7 @@ def save(res, path):
 
 
 def main():
-    global N  # --dstate: make() and the byte counts read it
+    global N  # --dstate: the inputs and the byte counts read it
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="scan-bench.json")
     ap.add_argument("--mamba-wait", type=float, default=240)
@@ -146,8 +138,7 @@ def main():
     bw = copy_bandwidth()
     res["copy_GBps"] = bw
     print(f"device {props.name}; copy bandwidth {bw:.0f} GB/s (read+write)", flush=True)
-    gen = torch.Generator(device=DEV).manual_seed(0)
-    res["host_us_per_call"] = host_overhead(gen)
+    res["host_us_per_call"] = host_overhead()
     print(f"host time per selective_scan call (tiny shape, GPU idle): {res['host_us_per_call']:.0f} us", flush=True)
     warm_up()
     shapes = SHAPES[:2] if args.quick else SHAPES
@@ -157,7 +148,7 @@ def main():
         es = torch.finfo(dtype).bits // 8
         for (b, d, L) in shapes:
             torch.cuda.empty_cache()
-            t = make(b, d, L, dtype, gen)
+            t = scan_inputs(b, d, L, dtype, dstate=N, device=DEV)
             row = dict(dtype=str(dtype).split(".")[-1], batch=b, dim=d, seqlen=L, dstate=N)
             fwd_bytes = (4 * b * d * L + 2 * b * N * L) * es
             bwd_bytes = (7 * b * d * L + 4 * b * N * L) * es
@@ -170,15 +161,14 @@ def main():
             row["ours_fwd_GBps"] = fwd_bytes / ms / 1e6
             row["ours_fwd_floor_frac"] = (fwd_bytes / bw / 1e6) / ms
             row["ours_ns_per_token_channel"] = ms * 1e6 / (b * d * L)
-            xs = {k: (v.requires_grad_() if k in ("u", "delta", "z", "B", "C", "A", "D", "delta_bias") else v)
+            xs = {k: (v.requires_grad_() if k in ("u", "delta", "z", "B", "C", "A", "D", "bias") else v)
                   for k, v in t.items()}
-            dy = torch.randn(b, d, L, device=DEV, generator=gen).to(dtype)
             row["ours_fwd_train_ms"] = bench(lambda: ours(xs), rep=rep)
 
             def fb():
                 for v in xs.values():
                     v.grad = None
-                ours(xs).backward(dy)
+                ours(xs).backward(xs["dy"])
             row["ours_fwdbwd_ms"] = bench(fb, rep=rep)
             row["kernels"] = {name: dict(n_regs=getattr(k, "n_regs", None), n_spills=getattr(k, "n_spills", None))
                               for name, k in triton_scan_op.COMPILED.items()}
@@ -191,7 +181,7 @@ def main():
                 res["rows"].append(row)
                 save(res, args.out)
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-                del t, xs, dy
+                del t, xs
                 continue
             if L >= 1 << 20 and prev and prev["batch"] == b and prev["dtype"] == row["dtype"]:
                 # linear in L: extrapolated from the previous (256K) row, stated in the output
@@ -200,18 +190,18 @@ def main():
             elif L * b <= 1 << 18:
                 with torch.no_grad():
                     row["chunked_ref_fwd_ms"] = bench(lambda: R.selective_scan_chunked(
-                        t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True), rep=100, warmup=3)
+                        t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["bias"], True), rep=100, warmup=3)
             else:
                 with torch.no_grad():
                     row["chunked_ref_fwd_ms"] = once(lambda: R.selective_scan_chunked(
-                        t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True))
+                        t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["bias"], True))
             # the plain loop (selective_scan_ref: float64, one step per Python iteration): a 256-step prefix,
             # extrapolated linearly to L (stated in the output)
             P = 256
             with torch.no_grad():
                 sl = {k: (v[..., :P] if v.dim() >= 3 else v) for k, v in t.items()}
                 pms = once(lambda: R.selective_scan_ref(sl["u"], sl["delta"], sl["A"], sl["B"], sl["C"], sl["D"],
-                                                        sl["z"], sl["delta_bias"], True))
+                                                        sl["z"], sl["bias"], True))
             row["plain_loop_fwd_ms_extrapolated"] = pms * L / P
             # SDPA flash attention with the same width: 24 heads x 64 = 1536, causal, bf16
             if L >= 1 << 20 and prev and prev.get("sdpa_flash_fwd_ms"):
@@ -243,7 +233,7 @@ def main():
             res["rows"].append(row)
             save(res, args.out)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-            del t, xs, dy
+            del t, xs
     res["tuned"] = [dict(kernel=k, key=[str(x) for x in key], cfg=list(cfg), ms=ms) for k, key, cfg, ms in triton_tune.LOG]
     res["registers"] = {name: dict(n_regs=getattr(k, "n_regs", None), n_spills=getattr(k, "n_spills", None),
                                    shared=getattr(getattr(k, "metadata", None), "shared", None),
@@ -261,26 +251,25 @@ def main():
             b, d, L = row["batch"], row["dim"], row["seqlen"]
             torch.cuda.empty_cache()
             try:
-                t = make(b, d, L, dtype, gen)
+                t = scan_inputs(b, d, L, dtype, dstate=N, device=DEV)
                 rep = 30 if b * L >= 1 << 18 else 100
                 # mamba_ssm's C++ entry takes variable B/C as (batch, groups, dstate, L)
                 Bm, Cm = t["B"].unsqueeze(1), t["C"].unsqueeze(1)
-                args_ = (t["u"], t["delta"], t["A"], Bm, Cm, t["D"], t["z"], t["delta_bias"], True)
+                args_ = (t["u"], t["delta"], t["A"], Bm, Cm, t["D"], t["z"], t["bias"], True)
                 out, x, *rest = mod.fwd(*args_)
                 ours_y = ours(t)
                 row["mamba_vs_ours_rel"] = float(((rest[0].float() - ours_y.float()).norm() / rest[0].float().norm()))
                 row["mamba_fwd_ms"] = bench(lambda: mod.fwd(*args_), rep=rep)
-                dy = torch.randn(b, d, L, device=DEV, generator=gen).to(dtype)
 
                 def mfb():
                     out, x, *rest = mod.fwd(*args_)
-                    mod.bwd(t["u"], t["delta"], t["A"], Bm, Cm, t["D"], t["z"], t["delta_bias"], dy, x, out,
+                    mod.bwd(t["u"], t["delta"], t["A"], Bm, Cm, t["D"], t["z"], t["bias"], t["dy"], x, out,
                             None, True, False)
                 row["mamba_fwdbwd_ms"] = bench(mfb, rep=rep)
                 save(res, args.out)
                 print(json.dumps({k: row[k] for k in ("dtype", "batch", "seqlen", "mamba_fwd_ms", "mamba_fwdbwd_ms",
                                                         "ours_fwd_ms", "ours_fwdbwd_ms", "mamba_vs_ours_rel")}), flush=True)
-                del t, out, x, rest, dy
+                del t, out, x, rest
             except Exception as e:  # noqa: BLE001
                 row["mamba_error"] = repr(e)[:300]
                 print("mamba error", row["mamba_error"], flush=True)

@@ -65,3 +65,31 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, path)
     return path
+
+
+def scan_inputs(batch: int, dim: int, seqlen: int, dtype: torch.dtype, dstate: int = 16, seed: int = 0,
+                pad: int = 0, device: str = "cuda") -> dict:
+    """Seeded inputs of the Mamba block's selective scan, as every scan benchmark uses them.
+
+    u, delta, z and an output gradient dy are [batch, dim, seqlen] and B, C [batch, dstate, seqlen],
+    all in ``dtype`` (delta ~ N(-2, 0.5), i.e. softplus(delta + bias) around 0.13); A [dim, dstate] is
+    -(1 .. dstate) with a 1% jitter per channel, D and bias [dim] float32. ``pad`` > 0 makes u, delta,
+    z and dy views into rows of seqlen + pad elements (off a power-of-two row stride;
+    probe_working_set.py).
+    """
+    g = torch.Generator(device=device).manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device=device, generator=g)  # noqa: E731
+    rows = lambda x: x.to(dtype)[..., :seqlen]  # noqa: E731
+    wide = (batch, dim, seqlen + pad)
+    return dict(u=rows(r(*wide)), delta=rows(r(*wide) * 0.5 - 2.0), z=rows(r(*wide)), dy=rows(r(*wide)),
+                B=r(batch, dstate, seqlen).to(dtype), C=r(batch, dstate, seqlen).to(dtype),
+                A=-torch.arange(1, dstate + 1, device=device, dtype=torch.float32).repeat(dim, 1)
+                * (1 + 0.01 * r(dim, 1)).abs(),
+                D=r(dim), bias=r(dim) * 0.1)
+
+
+def parse_cfg(text: str) -> tuple:
+    """A scan configuration as written in LONGSEQ_SCAN_*_CFGS, "variant:BD:BL:warps[:per_sm]", as the
+    tuple the launchers take, e.g. "t4:16:8:1:32" -> ("t4", 16, 8, 1, 32)."""
+    f = text.split(":")
+    return (f[0],) + tuple(int(x) for x in f[1:])

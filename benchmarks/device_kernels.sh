@@ -4,7 +4,7 @@
 #   run(command="bash benchmarks/device_kernels.sh", carry=[".mamba_src"])
 # .mamba_src/ holds mamba_ssm 2.3.2.post1's csrc/selective_scan (from the pip sdist), built in the
 # background while the tests run, for the benchmark's comparison. Without $OUT, writes to ./device_out.
-# Knobs: SKIP_TESTS=1, TESTS_K="pytest -k expression", SKIP_MAMBA=1, SWEEP=1, SWEEPCFG=1 (SWEEPCFG_ARGS), BENCH_ARGS, *_TIMEOUT.
+# Knobs: SKIP_TESTS=1, TESTS_K="pytest -k expression", SKIP_MAMBA=1, SWEEPCFG=1 (SWEEPCFG_ARGS), BENCH_ARGS, *_TIMEOUT.
 set -uo pipefail
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -17,10 +17,6 @@ fi
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   LONGSEQ_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests/test_gpu_kernels.py -x -p no:cacheprovider \
      --durations=5 ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
-fi
-# optional: the forward-scan block-size sweep (benchmarks/sweep_scan.py), SWEEP=1
-if [ "${SWEEP:-0}" = 1 ]; then
-  timeout "${SWEEP_TIMEOUT:-150}" python3 benchmarks/sweep_scan.py 2>&1 | tee "$OUT/sweep.log" | tail -30
 fi
 # optional: the forward/backward configuration sweep (benchmarks/sweep_scan_cfgs.py), SWEEPCFG=1
 if [ "${SWEEPCFG:-0}" = 1 ]; then

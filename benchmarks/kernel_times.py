@@ -24,7 +24,8 @@ os.environ["LONGSEQ_AUTOTUNE"] = "0"
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.profile_scan import CHOSEN, step_inputs  # noqa: E402
+from benchmarks.profile_scan import CHOSEN  # noqa: E402
+from common import scan_inputs  # noqa: E402
 from longseq.kernels import triton_scan_op as op  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def main(argv=None):
     log = open(os.path.join(os.environ.get("OUT", "."), "kernel_times.jsonl"), "a")
     print(torch.cuda.get_device_name(), cfgs)
     for L in a.seqlen:
-        t = step_inputs(a.batch, a.dim, L, getattr(torch, a.dtype))
+        t = scan_inputs(a.batch, a.dim, L, getattr(torch, a.dtype))
         tokens = a.batch * L
         for name, fn in phases(t):
             fn()

@@ -26,8 +26,8 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from longseq.kernels import triton_scan_op as op  # noqa: E402
 from longseq.kernels import triton_tune  # noqa: E402
+from common import parse_cfg, scan_inputs  # noqa: E402
 
-N = 16
 GROUP_STEPS = 8192
 FORCED = {}
 triton_tune.pick = lambda name, key, candidates, run, t: FORCED[name]
@@ -58,21 +58,6 @@ CASES = [(1536, 1 << 18, 1, 0), (384, 1 << 20, 1, 0), (6144, 1 << 18, 1, 0), (15
          (1536, 1 << 20, 4, 0)]
 
 
-def parse(c):
-    f = c.split(":")
-    return (f[0],) + tuple(int(x) for x in f[1:])
-
-
-def make(d, L, dtype, pad=0):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    r = lambda *s: torch.randn(*s, device="cuda", generator=g)
-    row = lambda x: x.to(dtype)[..., :L]
-    return dict(u=row(r(1, d, L + pad)), delta=row(r(1, d, L + pad) * 0.5 - 2.0), z=row(r(1, d, L + pad)),
-                dy=row(r(1, d, L + pad)),
-                B=r(1, N, L).to(dtype), C=r(1, N, L).to(dtype),
-                A=-torch.arange(1, N + 1, device="cuda", dtype=torch.float32).repeat(d, 1), D=r(d), bias=r(d) * 0.1)
-
-
 def backward(t, states, ypre):
     op._bwd(t["dy"], None, t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["bias"], True, states,
             [True] * 9, ypre)
@@ -101,13 +86,13 @@ def main():
     rows = []
     print(torch.cuda.get_device_name(), flush=True)
     for d, L, launches, pad in cases:
-        t = make(d, L, dtype, pad)
+        t = scan_inputs(1, d, L, dtype, pad=pad)
         PADDED.pad, PADDED.seqlen = pad, L
         os.environ["LONGSEQ_SCAN_GROUPS"] = str(max(1, L // GROUP_STEPS))
         for cfg in ([args.bwd] if args.bwd else args.cfgs.split(",")):
-            FORCED["scan_fwd"] = parse(args.cfgs.split(",")[0] if args.bwd else cfg)
+            FORCED["scan_fwd"] = parse_cfg(args.cfgs.split(",")[0] if args.bwd else cfg)
             if args.bwd:
-                FORCED["scan_bwd"] = parse(cfg)
+                FORCED["scan_bwd"] = parse_cfg(cfg)
                 _, _, states, ypre = op._fwd(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["bias"],
                                              True, None, True)
                 call = lambda: backward(t, states, ypre)  # noqa: E731

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from longseq.kernels import triton_scan_op as op  # noqa: E402
+from common import scan_inputs  # noqa: E402
 
 # the H100 tuner's bf16 choices (scan-h100-v11.json): (batch 8, batch 1 at long lengths); the
 # Nsight Compute reports in docs/benchmarks/ncu-h100-v8-*.txt were taken with v8's choices
@@ -27,16 +28,6 @@ from longseq.kernels import triton_scan_op as op  # noqa: E402
 CHOSEN = {"LONGSEQ_SCAN_FWD_CFGS": ("t4:16:16:2", "t4:16:8:1:32"),
           "LONGSEQ_SCAN_FWD_TRAIN_CFGS": ("t4:8:16:1", "t4:8:16:1:48"),
           "LONGSEQ_SCAN_BWD_CFGS": ("t4:16:4:1", "t4:16:4:1:32")}
-
-
-def step_inputs(b, d, L, dt):
-    """One training step's scan inputs on the GPU (seeded): u, z, dy, delta, B, C, A, D, bias."""
-    g = torch.Generator(device="cuda").manual_seed(0)
-    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
-    n = 16
-    return dict(u=r(b, d, L).to(dt), z=r(b, d, L).to(dt), dy=r(b, d, L).to(dt),
-                delta=(r(b, d, L) * 0.5 - 2.0).to(dt), B=r(b, n, L).to(dt), C=r(b, n, L).to(dt),
-                A=-torch.arange(1, n + 1, device="cuda", dtype=torch.float32).repeat(d, 1), D=r(d), bias=r(d) * 0.1)
 
 
 def main(argv=None):
@@ -48,7 +39,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     for k, (b8, b1) in CHOSEN.items():
         os.environ.setdefault(k, b1 if a.batch == 1 else b8)
-    t = step_inputs(a.batch, a.dim, a.seqlen, getattr(torch, a.dtype))
+    t = scan_inputs(a.batch, a.dim, a.seqlen, getattr(torch, a.dtype))
     u, z, dy, delta, B, C, A, D, bias = (t[k] for k in ("u", "z", "dy", "delta", "B", "C", "A", "D", "bias"))
     op._fwd(u, delta, A, B, C, D, z, bias, True, None, False)
     _, _, states, ypre = op._fwd(u, delta, A, B, C, D, z, bias, True, None, True)

@@ -1,10 +1,11 @@
 """One device call's configuration sweep for the selective scan (docs/kernel_notes.md v4-v6): time
 forward (inference or training) or backward configurations at several shapes, check each against
 the plan's first configuration, print registers, spills and shared memory. Writes JSON lines to
-$OUT/sweep_cfgs.jsonl (or ./sweep_cfgs.jsonl). Replaces sweep_scan_v4.py (forward) and
-sweep_scan_v5.py (backward).
+$OUT/sweep_cfgs.jsonl (or ./sweep_cfgs.jsonl). Replaces sweep_scan_v4.py (forward),
+sweep_scan_v5.py (backward) and sweep_scan.py (the tuner's forward candidates: ``=tuner``).
 
     python benchmarks/sweep_scan_cfgs.py [--only fwd|train|bwd] [--quick] [--plan main|v10] [--sweep SPEC ...]
+    python benchmarks/sweep_scan_cfgs.py --sweep fwd:bfloat16:8x1536x8192=tuner   # every built-in candidate
 
 A configuration is "variant:BD:BL:warps[:per_sm]" as in LONGSEQ_SCAN_*_CFGS; the optional 5th
 field is the chunk-parallel target (programs per SM) at batch 1. The backward is timed alone, from
@@ -22,9 +23,9 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from longseq.kernels import triton_scan_op as op  # noqa: E402
 from longseq.kernels import triton_tune  # noqa: E402
+from common import parse_cfg, scan_inputs  # noqa: E402
 
 OUT = os.environ.get("OUT", ".")
-N = 16
 FORCED = {}
 
 
@@ -64,23 +65,8 @@ PLANS = [
 ]
 
 
-def make(b, d, L, dtype, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    r = lambda *s: torch.randn(*s, device="cuda", generator=g)
-    t = dict(u=r(b, d, L).to(dtype), delta=(r(b, d, L) * 0.5 - 2.0).to(dtype), z=r(b, d, L).to(dtype),
-             B=r(b, N, L).to(dtype), C=r(b, N, L).to(dtype), dy=r(b, d, L).to(dtype))
-    t.update(A=-torch.arange(1, N + 1, device="cuda", dtype=torch.float32).repeat(d, 1) * (1 + 0.01 * r(d, 1)).abs(),
-             D=r(d), bias=r(d) * 0.1)
-    return t
-
-
 def rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
-
-
-def parse(c):
-    f = c.split(":")
-    return (f[0],) + tuple(int(x) for x in f[1:])
 
 
 def main():
@@ -90,7 +76,8 @@ def main():
     ap.add_argument("--plan", choices=["main", "v10"], default="main", help="v10: two channels per thread")
     ap.add_argument("--sweep", action="append", default=[], metavar="KIND:DTYPE:BxDxL=CFG,CFG,...",
                     help="an ad-hoc plan instead of --plan (repeatable), e.g. "
-                         "train:bfloat16:1x1536x262144=t4:32:16:4:4,t4:32:16:4:8")
+                         "train:bfloat16:1x1536x262144=t4:32:16:4:4,t4:32:16:4:8; =tuner times the "
+                         "tuner's own candidates for that shape")
     args = ap.parse_args()
     plans = PLANS_V10 if args.plan == "v10" else PLANS
     if args.sweep:
@@ -105,23 +92,28 @@ def main():
     for kind, dt, (b, d, L), cfgs in plans:
         if (args.only and kind != args.only) or (args.quick and b == 1):
             continue
-        t = make(b, d, L, getattr(torch, dt))
+        t = scan_inputs(b, d, L, getattr(torch, dt))
         states = ypre = None
         if kind == "bwd":
             FORCED["scan_fwd"] = None
             _, _, states, ypre = op._fwd(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["bias"], True,
                                    None, True)
+        if cfgs == ["tuner"]:   # the tuner's own candidates for this shape
+            dev, NP = t["u"].device, 16
+            cands = (op._bwd_candidates(b, d, states.shape[2], 1, dev, NP) if kind == "bwd" else
+                     op._fwd_candidates(b, d, L, 1, dev, kind == "train", NP))
+            cfgs = [":".join(str(x) for x in c) for c in cands]
         ref = None
         for c in cfgs:
             if kind == "bwd":
-                FORCED["scan_bwd"] = parse(c)
+                FORCED["scan_bwd"] = parse_cfg(c)
                 name = "scan_bwd"
 
                 def call():
                     return op._bwd(t["dy"], None, t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
                                    t["bias"], True, states, [True] * 9, ypre)
             else:
-                FORCED["scan_fwd"] = parse(c)
+                FORCED["scan_fwd"] = parse_cfg(c)
                 name = "scan_fwd" + ("_train" if kind == "train" else "")
 
                 def call():
