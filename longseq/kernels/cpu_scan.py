@@ -170,10 +170,12 @@ def _sigmoid(x):
 
 
 @numba.njit(inline="always")
-def _task_channels(task, nblk, G, per, bs):
+def _task_channels(task, nblk, G, dim):
     """Task -> (batch row, group, channel block, first channel, channel count): tasks run over
-    (batch, group, channel block), each block ``bs`` channels of its group (the last one shorter
-    or empty)."""
+    (batch, group, channel block), each block ceil(dim / G / nblk) channels of its group (the last
+    one shorter or empty)."""
+    per = dim // G
+    bs = (per + nblk - 1) // nblk
     blk = task % nblk
     g = (task // nblk) % G
     b = task // (nblk * G)
@@ -188,11 +190,9 @@ def _forward_kernel(u, delta, A, B, C, Dv, bias, z, h0, softplus, has_z, K, nblk
     batch, dim, L = u.shape
     G = B.shape[1]
     N = A.shape[1]
-    per = dim // G
-    bs = (per + nblk - 1) // nblk
     ntiles = (L + K - 1) // K
     for task in prange(batch * G * nblk):
-        b, g, blk, d0, nd = _task_channels(task, nblk, G, per, bs)
+        b, g, blk, d0, nd = _task_channels(task, nblk, G, dim)
         h = np.empty((nd, N))
         for i in range(nd):
             for n in range(N):
@@ -256,11 +256,9 @@ def _backward_kernel(u, delta, A, B, C, Dv, bias, z, softplus, has_z, K, nblk, c
     batch, dim, L = u.shape
     G = B.shape[1]
     N = A.shape[1]
-    per = dim // G
-    bs = (per + nblk - 1) // nblk
     ntiles = (L + K - 1) // K
     for task in prange(batch * G * nblk):
-        b, g, blk, d0, nd = _task_channels(task, nblk, G, per, bs)
+        b, g, blk, d0, nd = _task_channels(task, nblk, G, dim)
         carry = np.empty((nd, N))     # dL/dh_t from the steps after t, per channel
         dAacc = np.zeros((nd, N))
         dDacc = np.zeros(nd)

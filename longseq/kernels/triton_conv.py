@@ -13,6 +13,19 @@ import triton.language as tl
 
 
 @triton.jit
+def _tap(x_base, i_base, offs_l, mask_d, mask_l, k, seqlen, s_xl, s_il, W: tl.constexpr, HAS_INIT: tl.constexpr):
+    """The inputs tap k of the window sees at the steps offs_l, x[t - (W-1) + k] as float32 [BD, BL]:
+    from initial_state where that index is negative (zeros without one), zeros past seqlen."""
+    tt = offs_l - (W - 1) + k
+    mx = mask_d[:, None] & ((tt >= 0) & (tt < seqlen))[None, :]
+    xv = tl.load(x_base + tt.to(tl.int64)[None, :] * s_xl, mask=mx, other=0.0).to(tl.float32)
+    if HAS_INIT:
+        mi = mask_d[:, None] & ((tt < 0) & mask_l)[None, :]
+        xv += tl.load(i_base + (tt + (W - 1)).to(tl.int64)[None, :] * s_il, mask=mi, other=0.0).to(tl.float32)
+    return xv
+
+
+@triton.jit
 def conv_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, init_ptr, y_ptr, dy_ptr,
     dim, seqlen,
@@ -33,12 +46,7 @@ def conv_fwd_kernel(
     i_base = init_ptr + pid_b * s_ib + d64[:, None] * s_id
     acc = tl.zeros((BD, BL), tl.float32)
     for k in tl.static_range(W):
-        tt = offs_l - (W - 1) + k
-        mx = mask_d[:, None] & ((tt >= 0) & (tt < seqlen))[None, :]
-        xv = tl.load(x_base + tt.to(tl.int64)[None, :] * s_xl, mask=mx, other=0.0).to(tl.float32)
-        if HAS_INIT:
-            mi = mask_d[:, None] & ((tt < 0) & mask_l)[None, :]
-            xv += tl.load(i_base + (tt + (W - 1)).to(tl.int64)[None, :] * s_il, mask=mi, other=0.0).to(tl.float32)
+        xv = _tap(x_base, i_base, offs_l, mask_d, mask_l, k, seqlen, s_xl, s_il, W, HAS_INIT)
         wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
         acc += wk[:, None] * xv
     if HAS_BIAS:
@@ -89,12 +97,7 @@ def conv_bwd_kernel(
         gs = tl.load(g_base + ts.to(tl.int64)[None, :], mask=mask_d[:, None] & (ts < seqlen)[None, :], other=0.0)
         dx += wk[:, None] * gs
         # dw[k] = sum_t g[t] * xs[t - (W-1) + k]
-        tt = offs_l - (W - 1) + k
-        mx = mask_d[:, None] & ((tt >= 0) & (tt < seqlen))[None, :]
-        xv = tl.load(x_base + tt.to(tl.int64)[None, :] * s_xl, mask=mx, other=0.0).to(tl.float32)
-        if HAS_INIT:
-            mi = mask_d[:, None] & ((tt < 0) & mask_l)[None, :]
-            xv += tl.load(i_base + (tt + (W - 1)).to(tl.int64)[None, :] * s_il, mask=mi, other=0.0).to(tl.float32)
+        xv = _tap(x_base, i_base, offs_l, mask_d, mask_l, k, seqlen, s_xl, s_il, W, HAS_INIT)
         tl.store(dw_ptr + part * W + k, tl.sum(g * xv, axis=1), mask=mask_d)
     tl.store(db_ptr + part, tl.sum(g, axis=1), mask=mask_d)
     tl.store(dx_ptr + pid_b * s_dxb + d64[:, None] * s_dxd + offs_l.to(tl.int64)[None, :] * s_dxl,

@@ -120,6 +120,21 @@ def _t4_indices(pid_d, dim, dstate, per_group, BD: tl.constexpr, NQ: tl.constexp
 
 
 @triton.jit
+def _t4_channel_consts(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, d4, n4, mask_dn4, dstate,
+                       HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """A [1, NQ, BD, NR] and delta_bias, D [BD] of a t4 program's channels, as float32 (bias and D
+    zero where absent)."""
+    A = _to_f32(tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0))
+    bias = tl.zeros(offs_d.shape, tl.float32)
+    if HAS_BIAS:
+        bias = _to_f32(tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0))
+    Dv = tl.zeros(offs_d.shape, tl.float32)
+    if HAS_D:
+        Dv = _to_f32(tl.load(D_ptr + offs_d, mask=mask_d, other=0.0))
+    return A, bias, Dv
+
+
+@triton.jit
 def _chunk_loads(c, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base,
                  s_ul, s_dl, s_Bl, s_Cl, s_zl, BL: tl.constexpr, WITH_C: tl.constexpr, WITH_Z: tl.constexpr):
     """Chunk c's raw u, delta [BL, BD], B, C [BL, NQ, NR] and z tiles (zeros past seqlen); C and z are
@@ -189,13 +204,8 @@ def scan_fwd_t4_kernel(
     B_base = B_ptr + pid_b * s_Bb + g64 * s_Bg + n3 * s_Bn
     C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n3 * s_Cn
 
-    A2 = _to_f32(tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0)) * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = _to_f32(tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0))
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = _to_f32(tl.load(D_ptr + offs_d, mask=mask_d, other=0.0))
+    A, bias, Dv = _t4_channel_consts(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, d4, n4, mask_dn4, dstate, HAS_BIAS, HAS_D)
+    A2 = A * 1.4426950408889634
     row4 = (pid_b * dim + d4) * dstate + n4
     h = tl.zeros((1, NQ, BD, NR), tl.float32)
     if HAS_INIT and not SUMMARY:
@@ -349,14 +359,8 @@ def scan_bwd_t4_kernel(
     gB_base = dB_ptr + pid_b * s_gb + k64 * s_gk + n3 * s_gn
     gC_base = dC_ptr + pid_b * s_gb + k64 * s_gk + n3 * s_gn
 
-    A = _to_f32(tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0))
+    A, bias, Dv = _t4_channel_consts(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, d4, n4, mask_dn4, dstate, HAS_BIAS, HAS_D)
     A2 = A * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = _to_f32(tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0))
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = _to_f32(tl.load(D_ptr + offs_d, mask=mask_d, other=0.0))
     row4 = (pid_b * dim + d4) * dstate + n4
     st_base = states_ptr + (pid_b * dim + d4) * nsaved * dstate + n4
     l4 = offs_l[:, None, None, None]
@@ -522,10 +526,8 @@ def scan_bwd_t4_summary_kernel(
     z_base = z_ptr + pid_b * s_zb + d64[None, :] * s_zd
     o_base = dout_ptr + pid_b * s_ob + d64[None, :] * s_od
     C_base = C_ptr + pid_b * s_Cb + g64 * s_Cg + n3 * s_Cn
-    A2 = _to_f32(tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0)) * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = _to_f32(tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0))
+    A, bias, _D = _t4_channel_consts(A_ptr, bias_ptr, A_ptr, offs_d, mask_d, d4, n4, mask_dn4, dstate, HAS_BIAS, False)
+    A2 = A * 1.4426950408889634
     l4 = offs_l[:, None, None, None]
     nz = tl.zeros((BL, NQ, BD, NR), tl.float32) * -1.0
     e = tl.zeros((1, NQ, BD, NR), tl.float32)
