@@ -163,25 +163,10 @@ def test_scan_every_forward_candidate_vs_float64(monkeypatch, cfg, train, dtype,
     """Each forward configuration the tuner may pick, inference and training (fp32 and bf16, float64
     reference, NaN-poisoned outputs); the chunk-parallel ones (5 fields) split into 3 sequence groups.
     The training forward's saved states and pre-gate output are checked through the gradients."""
-    monkeypatch.setenv("LONGSEQ_SCAN_FWD_TRAIN_CFGS" if train else "LONGSEQ_SCAN_FWD_CFGS", cfg)
-    if cfg.count(":") == 4:
-        monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", "3")
     gen = torch.Generator(device=DEV).manual_seed(6)
     t = scan_inputs(2, 64, 1000, 16, None, dtype, gen)
-    xs = {k: v.clone().requires_grad_(train) for k, v in t.items()}
-    xr = {k: v.double().requires_grad_(train) for k, v in t.items()}
-    poison_allocator()
-    with torch.set_grad_enabled(train):
-        y, last = call(T().selective_scan, xs)
-        yr, lr = call(R.selective_scan_ref, xr)
-    assert torch.isfinite(y).all() and torch.isfinite(last).all()
-    assert rel(y, yr) < tol and rel(last, lr) < tol, (rel(y, yr), rel(last, lr))
-    if train:
-        gy = torch.randn(y.shape, generator=gen, device=DEV).to(dtype)
-        (y * gy).sum().backward()
-        (yr * gy.double()).sum().backward()
-        for k in ARGS:
-            assert rel(xs[k].grad, xr[k].grad) < tol, (k, rel(xs[k].grad, xr[k].grad))
+    gy = torch.randn(t["u"].shape, generator=gen, device=DEV).to(dtype)
+    _check_forward_cfg(monkeypatch, cfg, train, t, gy, _float64_reference(t, gy, train), tol)
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
@@ -192,28 +177,43 @@ def test_scan_every_forward_candidate_at_dstate_64_vs_float64(monkeypatch, train
     cfgs = op._candidates(40, 1, op.FWD_TRAIN_CFGS if train else op.FWD_CFGS, "fwd_train" if train else "fwd", 64)
     gen = torch.Generator(device=DEV).manual_seed(9)
     t = scan_inputs(2, 40, 300, 64, None, torch.float32, gen)
+    gy = torch.randn(t["u"].shape, generator=gen, device=DEV)
+    ref = _float64_reference(t, gy, train)
+    for c in cfgs:
+        _check_forward_cfg(monkeypatch, _cfg_name(c), train, t, gy, ref, 1e-4, poison_bytes=1 << 28)
+
+
+def _float64_reference(t, gy, train):
+    """(y, last state, gradients of sum(y * gy) or None) of the float64 reference on inputs t."""
     xr = {k: v.double().requires_grad_(train) for k, v in t.items()}
     with torch.set_grad_enabled(train):
         yr, lr = call(R.selective_scan_ref, xr)
-    gy = torch.randn(yr.shape, generator=gen, device=DEV)
+    if not train:
+        return yr, lr, None
+    (yr * gy.double()).sum().backward()
+    return yr, lr, {k: xr[k].grad for k in ARGS}
+
+
+def _check_forward_cfg(monkeypatch, cfg, train, t, gy, ref, tol, poison_bytes=2 << 30):
+    """The forward with configuration cfg alone (3 sequence groups if it is chunk-parallel, NaN-poisoned
+    outputs) on inputs t against ref (_float64_reference): y, the last state and, training, the
+    gradients of sum(y * gy), which pass through the saved states and the pre-gate output."""
+    monkeypatch.setenv("LONGSEQ_SCAN_FWD_TRAIN_CFGS" if train else "LONGSEQ_SCAN_FWD_CFGS", cfg)
+    if cfg.count(":") == 4:
+        monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", "3")
+    else:
+        monkeypatch.delenv("LONGSEQ_SCAN_GROUPS", raising=False)
+    yr, lr, grads = ref
+    xs = {k: v.clone().requires_grad_(train) for k, v in t.items()}
+    poison_allocator(poison_bytes)
+    with torch.set_grad_enabled(train):
+        y, last = call(T().selective_scan, xs)
+    assert torch.isfinite(y).all() and torch.isfinite(last).all(), cfg
+    assert rel(y, yr) < tol and rel(last, lr) < tol, (cfg, rel(y, yr), rel(last, lr))
     if train:
-        (yr * gy.double()).sum().backward()
-    for c in cfgs:
-        name = _cfg_name(c)
-        monkeypatch.setenv("LONGSEQ_SCAN_FWD_TRAIN_CFGS" if train else "LONGSEQ_SCAN_FWD_CFGS", name)
-        if len(c) == 5:
-            monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", "3")
-        else:
-            monkeypatch.delenv("LONGSEQ_SCAN_GROUPS", raising=False)
-        xs = {k: v.clone().requires_grad_(train) for k, v in t.items()}
-        poison_allocator(1 << 28)
-        with torch.set_grad_enabled(train):
-            y, last = call(T().selective_scan, xs)
-        assert rel(y, yr) < 1e-4 and rel(last, lr) < 1e-4, (name, rel(y, yr), rel(last, lr))
-        if train:
-            (y * gy).sum().backward()
-            for k in ARGS:
-                assert rel(xs[k].grad, xr[k].grad) < 1e-4, (name, k, rel(xs[k].grad, xr[k].grad))
+        (y * gy).sum().backward()
+        for k in ARGS:
+            assert rel(xs[k].grad, grads[k]) < tol, (cfg, k, rel(xs[k].grad, grads[k]))
 
 
 def _bwd_cfgs():
