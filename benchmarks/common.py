@@ -87,9 +87,3 @@ def scan_inputs(batch: int, dim: int, seqlen: int, dtype: torch.dtype, dstate: i
                 * (1 + 0.01 * r(dim, 1)).abs(),
                 D=r(dim), bias=r(dim) * 0.1)
 
-
-def parse_cfg(text: str) -> tuple:
-    """A scan configuration as written in LONGSEQ_SCAN_*_CFGS, "variant:BD:BL:warps[:per_sm]", as the
-    tuple the launchers take, e.g. "t4:16:8:1:32" -> ("t4", 16, 8, 1, 32)."""
-    f = text.split(":")
-    return (f[0],) + tuple(int(x) for x in f[1:])

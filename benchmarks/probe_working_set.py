@@ -26,7 +26,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from longseq.kernels import triton_scan_op as op  # noqa: E402
 from longseq.kernels import triton_tune  # noqa: E402
-from common import parse_cfg, scan_inputs  # noqa: E402
+from common import scan_inputs  # noqa: E402
 
 GROUP_STEPS = 8192
 FORCED = {}
@@ -90,9 +90,9 @@ def main():
         PADDED.pad, PADDED.seqlen = pad, L
         os.environ["LONGSEQ_SCAN_GROUPS"] = str(max(1, L // GROUP_STEPS))
         for cfg in ([args.bwd] if args.bwd else args.cfgs.split(",")):
-            FORCED["scan_fwd"] = parse_cfg(args.cfgs.split(",")[0] if args.bwd else cfg)
+            FORCED["scan_fwd"] = op.parse_cfg(args.cfgs.split(",")[0] if args.bwd else cfg)
             if args.bwd:
-                FORCED["scan_bwd"] = parse_cfg(cfg)
+                FORCED["scan_bwd"] = op.parse_cfg(cfg)
                 _, _, states, ypre = op._fwd(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["bias"],
                                              True, None, True)
                 call = lambda: backward(t, states, ypre)  # noqa: E731

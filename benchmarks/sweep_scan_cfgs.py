@@ -23,7 +23,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from longseq.kernels import triton_scan_op as op  # noqa: E402
 from longseq.kernels import triton_tune  # noqa: E402
-from common import parse_cfg, scan_inputs  # noqa: E402
+from common import scan_inputs  # noqa: E402
 
 OUT = os.environ.get("OUT", ".")
 FORCED = {}
@@ -102,18 +102,18 @@ def main():
             dev, NP = t["u"].device, 16
             cands = (op._bwd_candidates(b, d, states.shape[2], 1, dev, NP) if kind == "bwd" else
                      op._fwd_candidates(b, d, L, 1, dev, kind == "train", NP))
-            cfgs = [":".join(str(x) for x in c) for c in cands]
+            cfgs = [op.cfg_text(c) for c in cands]
         ref = None
         for c in cfgs:
             if kind == "bwd":
-                FORCED["scan_bwd"] = parse_cfg(c)
+                FORCED["scan_bwd"] = op.parse_cfg(c)
                 name = "scan_bwd"
 
                 def call():
                     return op._bwd(t["dy"], None, t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
                                    t["bias"], True, states, [True] * 9, ypre)
             else:
-                FORCED["scan_fwd"] = parse_cfg(c)
+                FORCED["scan_fwd"] = op.parse_cfg(c)
                 name = "scan_fwd" + ("_train" if kind == "train" else "")
 
                 def call():

@@ -147,14 +147,9 @@ def test_scan_64bit_offsets_past_2_31_elements():
             assert rel(y[:, sl], yr) < 1e-2 and rel(last[:, sl], lr) < 1e-4
 
 
-def _cfg_name(c):
-    """A candidate tuple as LONGSEQ_SCAN_*_CFGS spells it ("t4:32:16:4")."""
-    return ":".join(str(x) for x in c)
-
-
 def _fwd_cfgs():
     from longseq.kernels import triton_scan_op as op
-    return [(_cfg_name(c), False) for c in op.FWD_CFGS] + [(_cfg_name(c), True) for c in op.FWD_TRAIN_CFGS]
+    return [(op.cfg_text(c), False) for c in op.FWD_CFGS] + [(op.cfg_text(c), True) for c in op.FWD_TRAIN_CFGS]
 
 
 @DTYPES
@@ -180,7 +175,7 @@ def test_scan_every_forward_candidate_at_dstate_64_vs_float64(monkeypatch, train
     gy = torch.randn(t["u"].shape, generator=gen, device=DEV)
     ref = _float64_reference(t, gy, train)
     for c in cfgs:
-        _check_forward_cfg(monkeypatch, _cfg_name(c), train, t, gy, ref, 1e-4, poison_bytes=1 << 28)
+        _check_forward_cfg(monkeypatch, op.cfg_text(c), train, t, gy, ref, 1e-4, poison_bytes=1 << 28)
 
 
 def _float64_reference(t, gy, train):
@@ -218,7 +213,7 @@ def _check_forward_cfg(monkeypatch, cfg, train, t, gy, ref, tol, poison_bytes=2 
 
 def _bwd_cfgs():
     from longseq.kernels import triton_scan_op as op
-    return [_cfg_name(c) for c in op.BWD_CFGS]
+    return [op.cfg_text(c) for c in op.BWD_CFGS]
 
 
 @DTYPES

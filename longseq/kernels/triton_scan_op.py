@@ -46,6 +46,18 @@ def _for_dstate(cfg, NP):
     return (variant, new_bd, bl, warps) + tuple(cfg[4:])
 
 
+def parse_cfg(text: str) -> tuple:
+    """A configuration as LONGSEQ_SCAN_*_CFGS write it, "variant:BD:BL:warps[:per_sm]", as the tuple
+    the launchers take: "t4:16:8:1:32" -> ("t4", 16, 8, 1, 32). Inverse: cfg_text."""
+    f = text.split(":")
+    return (f[0],) + tuple(int(x) for x in f[1:])
+
+
+def cfg_text(cfg: tuple) -> str:
+    """A configuration tuple as LONGSEQ_SCAN_*_CFGS write it: ("t4", 32, 16, 4) -> "t4:32:16:4"."""
+    return ":".join(str(x) for x in cfg)
+
+
 def _candidates(dim, groups, cfgs, kind, NP=16):
     """Valid (variant, BD, BL, num_warps[, programs per SM]) configurations to time, in order of
     preference, for a padded dstate NP (the built-in lists are scaled by _for_dstate).
@@ -60,7 +72,7 @@ def _candidates(dim, groups, cfgs, kind, NP=16):
         # 12-17%; the backward's spill and lose by 20% or more; kernel_notes v15)
         cfgs = [_for_dstate(c, NP) for c in cfgs] + (list(cfgs) if NP <= 64 and kind != "bwd" else [])
     else:
-        cfgs = [tuple([f[0]] + [int(x) for x in f[1:]]) for f in (c.split(":") for c in listed.split(","))]
+        cfgs = [parse_cfg(c) for c in listed.split(",")]
         if any(c[0] not in variants or len(c) not in (4, 5) for c in cfgs):
             raise ValueError(f"scan configurations are {'|'.join(variants)}:BD:BL:warps[:programs_per_SM]; "
                              f"got {listed!r}")
