@@ -67,7 +67,7 @@ def measure(iters: int = 4096) -> dict:
                 torch=torch.__version__, triton=triton.__version__)
 
 
-# the scan's exps per (channel, state, step) in the compiled t4 forward (SASS MUFU counts per chunk of the
+# the scan's MUFU instructions per (channel, state, step) in the compiled t4 forward (SASS MUFU counts per chunk of the
 # tuner's picks, divided by the elements a thread holds): the output pass 80 per 64 (the decay exp2, plus
 # softplus's ex2 and lg2 and the gate's ex2 and rcp per (channel, step)); the chunk-parallel summary pass
 # 72 per 64 (no gate)
