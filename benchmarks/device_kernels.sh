@@ -4,10 +4,16 @@
 #   run(command="bash benchmarks/device_kernels.sh", carry=[".mamba_src"])
 # .mamba_src/ holds mamba_ssm 2.3.2.post1's csrc/selective_scan (from the pip sdist), built in the
 # background while the tests run, for the benchmark's comparison. Without $OUT, writes to ./device_out.
+# TRITON_PACK=.triton_pack/triton-X.tar.xz (carry .triton_pack; made by benchmarks/pack_triton.sh) runs everything on
+# that Triton instead of the device's own.
 # Knobs: SKIP_TESTS=1, TESTS_K="pytest -k expression", SKIP_MAMBA=1, SWEEPCFG=1 (SWEEPCFG_ARGS), BENCH_ARGS, *_TIMEOUT.
 set -uo pipefail
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+if [ -n "${TRITON_PACK:-}" ]; then
+  mkdir -p /tmp/triton_pack && tar xJf "$TRITON_PACK" -C /tmp/triton_pack || exit 1
+  export PYTHONPATH=$PWD:/tmp/triton_pack TRITON_CACHE_DIR=/tmp/triton_pack_cache   # ahead of site-packages' Triton
+fi
 export MAMBA_BUILD_DIR=/tmp/mamba_build MAMBA_BUILD_LOG=$OUT/mamba_build.log
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$OUT/device.txt"

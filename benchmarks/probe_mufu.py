@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.kernel_times import ClockLog  # noqa: E402
 from longseq.kernels import triton_scan_op as op  # noqa: E402
 from longseq.kernels.triton_scan import _ex2  # noqa: E402
-from longseq.kernels.triton_tune import cdiv  # noqa: E402
+from longseq.kernels.triton_tune import cdiv, launch_options  # noqa: E402
 
 PER_THREAD = 8       # independent exps in flight per thread (ILP)
 WARPS = 4
@@ -52,7 +52,7 @@ def measure(iters: int = 4096) -> dict:
     out = torch.empty(programs * block, device="cuda")
 
     def run():
-        ex2_loop_kernel[(programs,)](out, iters, BLOCK=block, num_warps=WARPS)
+        ex2_loop_kernel[(programs,)](out, iters, BLOCK=block, **launch_options(WARPS))
 
     run()
     torch.cuda.synchronize()

@@ -379,3 +379,20 @@ def test_selective_scan_chunk_parallel_backward(monkeypatch, bwd_groups, batch, 
     xs, xr, _, _ = scan_vs_reference(t, flags, gen, names)
     for k in names:
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
+
+
+def test_every_kernel_launch_asks_for_fp_fusion():
+    """Triton 3.10 turns FP fusion off by default: each launch in longseq must pass launch_options
+    (num_warps with enable_fp_fusion=True) rather than num_warps alone."""
+    import pathlib
+    import re
+
+    from longseq.kernels.triton_tune import launch_options
+
+    assert launch_options(2) == {"num_warps": 2, "enable_fp_fusion": True}
+    root = pathlib.Path(__file__).resolve().parents[1] / "longseq"
+    bare = [f"{p.relative_to(root.parent)}:{i}" for p in root.rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\bnum_warps\s*=", line)]
+    assert bare == [], f"kernel launches with num_warps= but not launch_options(...): {bare}"
+    launches = sum(p.read_text().count("**launch_options(") for p in root.rglob("*.py"))
+    assert launches >= 10   # scan (forward, backward summary, backward), conv (3), state update, RMSNorm (2), sampler

@@ -15,7 +15,7 @@ from .reference import causal_conv1d_ref  # argument checks only (see _check_con
 from .triton_conv import conv_bwd_kernel, conv_fwd_kernel, conv_update_kernel
 from .triton_norm import rms_bwd_kernel, rms_fwd_kernel
 from .triton_scan_op import _pow2, selective_scan
-from .triton_tune import cdiv, sm_count
+from .triton_tune import cdiv, launch_options, sm_count
 from .triton_update import state_update_kernel
 
 
@@ -38,7 +38,7 @@ def _conv_launch(x, weight, bias, init, out, dy, silu, grad):
         x, weight, bias if bias is not None else dummy, i, out, g,
         dim, seqlen, *x.stride(), *(i.stride() if init is not None else (0, 0, 0)), *out.stride(), *g.stride(),
         W=W, BD=_CONV_BD, BL=_CONV_BL, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
-        SILU=silu, GRAD=grad, num_warps=4)
+        SILU=silu, GRAD=grad, **launch_options(4))
 
 
 class CausalConv1dFn(torch.autograd.Function):
@@ -68,7 +68,7 @@ class CausalConv1dFn(torch.autograd.Function):
         conv_bwd_kernel[grid](
             g, x, weight, init if init is not None else dummy, dx, dw_p, db_p,
             dim, seqlen, nblocks, *x.stride(), *(init.stride() if init is not None else (0, 0, 0)), *dx.stride(),
-            W=W, BD=_CONV_BD, BL=_CONV_BL, HAS_INIT=init is not None, num_warps=4)
+            W=W, BD=_CONV_BD, BL=_CONV_BL, HAS_INIT=init is not None, **launch_options(4))
         dw = dw_p.sum((0, 1)).to(ctx.wdtype)
         db = db_p.sum((0, 1)).to(bias.dtype) if bias is not None else None
         dinit = None
@@ -124,7 +124,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     conv_update_kernel[(cdiv(dim, BD), batch)](
         x, conv_state, weight.contiguous(), bias if bias is not None else y, y,
         dim, *x.stride(), *conv_state.stride(), *y.stride(),
-        W=W, WP=max(2, _pow2(W)), BD=BD, HAS_BIAS=bias is not None, SILU=activation is not None, num_warps=4)
+        W=W, WP=max(2, _pow2(W)), BD=BD, HAS_BIAS=bias is not None, SILU=activation is not None, **launch_options(4))
     return y
 
 
@@ -163,7 +163,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         dim, dstate, dim // groups, *state.stride(), *x.stride(), *dt.stride(),
         *(z.stride() if z is not None else (0, 0)), *bs, *cs, *y.stride(),
         BD=BD, NP=max(2, _pow2(dstate)), HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), num_warps=4)
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), **launch_options(4))
     return y
 
 
@@ -190,7 +190,7 @@ class RMSNormFn(torch.autograd.Function):
             rms_fwd_kernel[(M,)](
                 x2, r2 if r2 is not None else x2, weight, y, s, rstd, H, float(eps),
                 x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0), s.stride(0),
-                BH=BH, HAS_RES=r2 is not None, STORE_S=bool(prenorm), num_warps=min(16, max(1, BH // 256)))
+                BH=BH, HAS_RES=r2 is not None, STORE_S=bool(prenorm), **launch_options(min(16, max(1, BH // 256))))
         ctx.save_for_backward(x2, r2, weight, rstd)
         ctx.shape = x.shape
         ctx.res_dtype = None if residual is None else residual.dtype
@@ -220,7 +220,7 @@ class RMSNormFn(torch.autograd.Function):
                 M, H, x2.stride(0), r2.stride(0) if r2 is not None else 0, dy2.stride(0),
                 ds2.stride(0) if ds2 is not None else 0, dx.stride(0), dres.stride(0),
                 BH=BH, HAS_RES=r2 is not None, HAS_DS_IN=ds2 is not None, STORE_DRES=r2 is not None,
-                num_warps=min(16, max(1, BH // 256)))
+                **launch_options(min(16, max(1, BH // 256))))
         else:
             dw_p.zero_()
         dw = dw_p.sum(0).to(weight.dtype)

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_tune import launch_options
+
 
 @triton.jit
 def gumbel_argmax_kernel(logits_ptr, noise_ptr, force_ptr, forced_ptr, out_ptr, vocab, s_lb, s_nb,
@@ -43,5 +45,5 @@ def gumbel_argmax(logits: torch.Tensor, noise: torch.Tensor, temperature: float,
         raise ValueError("gumbel_argmax: force, forced and out must be contiguous")
     gumbel_argmax_kernel[(batch,)](
         logits, noise, force, forced, out, vocab, logits.stride(0), noise.stride(0), float(temperature),
-        VP=triton.next_power_of_2(max(vocab, 2)), HAS_T=temperature != 1, num_warps=4)
+        VP=triton.next_power_of_2(max(vocab, 2)), HAS_T=temperature != 1, **launch_options(4))
     return out

@@ -6,7 +6,7 @@ import os
 import torch
 
 from . import triton_tune
-from .triton_tune import cdiv, sm_count
+from .triton_tune import cdiv, launch_options, sm_count
 from .checks import check_selective_scan_args
 from .triton_scan import scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fwd_t4_kernel
 
@@ -197,7 +197,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
         strides = (*_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
                    *_strides_bc(B, groups), *_strides_bc(C, groups), *_strides3(y))
         flags = dict(BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=bool(softplus), HAS_INIT=initial_state is not None, num_warps=warps)
+                     SOFTPLUS=bool(softplus), HAS_INIT=initial_state is not None, **launch_options(warps))
         save_every = max(1, SAVE_CHUNK // bl) if save_states else 1
         if save_states:
             # the state is saved every SAVE_CHUNK steps whatever the chunk (BL divides SAVE_CHUNK)
@@ -325,7 +325,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
                 *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides_bc(C, groups),
                 *_strides3(dout),
                 BD=sbd, NP=NP, BL=SUMMARY_BL, NR=min(4, NP), WIN=SAVE_CHUNK, HAS_Z=z is not None,
-                HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), num_warps=1)
+                HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), **launch_options(1))
         COMPILED["scan_bwd"] = scan_bwd_t4_kernel[grid](
             u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, states, dout, dlast if dlast is not None else dummy,
@@ -338,7 +338,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
             gB.stride(0), gB.stride(1), gB.stride(2), gB.stride(3),
             BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(softplus), HAS_DLAST=dlast is not None, DETERMINISTIC=det,
-            NR=min(4, NP), WIN=SAVE_CHUNK, GROUPED=G > 1, HAS_YPRE=ypre is not None, num_warps=warps,
+            NR=min(4, NP), WIN=SAVE_CHUNK, GROUPED=G > 1, HAS_YPRE=ypre is not None, **launch_options(warps),
         )
         return gB, gC, K, dA_p, dD_p, db_p
 

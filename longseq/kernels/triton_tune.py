@@ -51,6 +51,15 @@ def pick(name: str, key, candidates: list, run, device_tensor: torch.Tensor):
 
 # Launch-time helpers. They run on every kernel call, so they stay cheap: triton.cdiv is a JIT
 # function (~5 us per call from Python) and get_device_properties is not free either.
+def launch_options(num_warps: int) -> dict:
+    """Options for every kernel launch: ``num_warps``, and floating-point fusion asked for explicitly.
+
+    Triton 3.9 warns that its default (``a * b + c`` compiled to one FMA) turns off in 3.10; the
+    kernels' speed (the scan's recurrence is one FMA per element) and their float32 accuracy assume
+    fused multiply-adds, so they must not depend on that default."""
+    return {"num_warps": num_warps, "enable_fp_fusion": True}
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
