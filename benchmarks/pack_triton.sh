@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pack a Triton release small enough to travel to the device machine (64 MiB per call, repo included),
 # so the GPU tests and benchmarks can run on the Triton that CI installs as well as on the device's own.
-#   bash benchmarks/pack_triton.sh 3.9.0      -> .triton_pack/triton-3.9.0.tar.xz (~49 MB)
+#   bash benchmarks/pack_triton.sh 3.9.0      -> .triton_pack/triton-3.9.0.tar.xz (~52 MB)
 #   run(command="TRITON_PACK=.triton_pack/triton-3.9.0.tar.xz bash benchmarks/device_kernels.sh", carry=[".triton_pack"])
 # The wheel is ~290 MB: this keeps the NVIDIA backend and the ptxas it uses for sm_90 and newer
 # (Triton 3.9 names it ptxas-blackwell; CUDA 13.4) and drops what a run of our kernels on the H100 never
