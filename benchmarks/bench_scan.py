@@ -134,7 +134,8 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = True
     props = torch.cuda.get_device_properties(0)
     res = dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__,
-               triton=__import__("triton").__version__, rows=[], notes=[])
+               triton=__import__("triton").__version__, chan_axis=os.environ.get("LONGSEQ_SCAN_CHAN_AXIS") or "per kernel",
+               rows=[], notes=[])
     bw = copy_bandwidth()
     res["copy_GBps"] = bw
     print(f"device {props.name}; copy bandwidth {bw:.0f} GB/s (read+write)", flush=True)

@@ -6,7 +6,8 @@
 # background while the tests run, for the benchmark's comparison. Without $OUT, writes to ./device_out.
 # TRITON_PACK=.triton_pack/triton-X.tar.xz (carry .triton_pack; made by benchmarks/pack_triton.sh) runs everything on
 # that Triton instead of the device's own.
-# Knobs: SKIP_TESTS=1, TESTS_K="pytest -k expression", SKIP_MAMBA=1, SWEEPCFG=1 (SWEEPCFG_ARGS), BENCH_ARGS, *_TIMEOUT.
+# Knobs: SKIP_TESTS=1, TESTS_K="pytest -k expression", SKIP_MAMBA=1, SWEEPCFG=1 (SWEEPCFG_ARGS), BENCH_ARGS,
+# BENCH_ENVS (below), *_TIMEOUT.
 set -uo pipefail
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -28,7 +29,15 @@ fi
 if [ "${SWEEPCFG:-0}" = 1 ]; then
   OUT=$OUT timeout "${SWEEPCFG_TIMEOUT:-150}" python3 benchmarks/sweep_scan_cfgs.py ${SWEEPCFG_ARGS:-} 2>&1 | tee "$OUT/sweep_cfgs.log" | grep -v '^{' | tail -40
 fi
-timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/bench_scan.py --out "$OUT/scan.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^{' | tail -30
+# BENCH_ENVS="VAR=a VAR=b" runs the benchmark once per setting, in this call (an A/B on one device), to
+# scan_VAR_a.json / bench_VAR_a.log; BENCH_TIMEOUT is per run
+for setting in ${BENCH_ENVS:--}; do
+  tag="" envs=()
+  if [ "$setting" != - ]; then tag="_${setting//[^A-Za-z0-9]/_}"; envs=("$setting"); fi
+  echo "== benchmark ${envs[*]:-}"
+  env "${envs[@]}" timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/bench_scan.py --out "$OUT/scan$tag.json" ${BENCH_ARGS:-} 2>&1 \
+    | tee "$OUT/bench$tag.log" | grep -v '^{' | tail -30
+done
 grep -E "Used [0-9]+ registers" "$MAMBA_BUILD_LOG" 2>/dev/null | sort | uniq -c | sort -rn | head -8 > "$OUT/mamba_ptxas.txt" || true
 tail -2 "$MAMBA_BUILD_LOG" 2>/dev/null
 if [ -n "${LATE_TESTS_K:-}" ]; then   # tests deferred until after the benchmark (e.g. the slow 2^20 one)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Pack a Triton release small enough to travel to the device machine (64 MiB per call, repo included),
 # so the GPU tests and benchmarks can run on the Triton that CI installs as well as on the device's own.
-#   bash benchmarks/pack_triton.sh 3.9.0      -> .triton_pack/triton-3.9.0.tar.xz (~52 MB)
+#   bash benchmarks/pack_triton.sh 3.9.0      -> .triton_pack/triton-3.9.0.tar.xz (~50 MB)
 #   run(command="TRITON_PACK=.triton_pack/triton-3.9.0.tar.xz bash benchmarks/device_kernels.sh", carry=[".triton_pack"])
 # The wheel is ~290 MB: this keeps the NVIDIA backend and the ptxas it uses for sm_90 and newer
 # (Triton 3.9 names it ptxas-blackwell; CUDA 13.4) and drops what a run of our kernels on the H100 never
 # loads (the AMD backend, the ptxas for GPUs before sm_90, CUPTI/proton profiling, MLIR plugins, test tools, C++
-# headers), and strips libtriton.so's symbol tables (500 -> 190 MB before compression).
+# headers, every CUDA header but cuda.h), and strips libtriton.so's symbol tables (500 -> 190 MB before compression).
 set -euo pipefail
 VERSION=${1:?usage: pack_triton.sh VERSION (e.g. 3.9.0)}
 DEST=${DEST:-.triton_pack}
@@ -19,6 +19,8 @@ t=$work/triton
 rm -rf "$t/backends/amd" "$t/_C/libproton.so" "$t/backends/nvidia/lib/cupti" "$t/backends/nvidia/lib/cupti-blackwell" \
        "$t/backends/nvidia/bin/ptxas" "$t/backends/nvidia/bin/nvdisasm" "$t/backends/nvidia/bin/cuobjdump" "$t/instrumentation" \
        "$t/plugins" "$t/include" "$t/FileCheck"
+# of the CUDA headers, the launcher that Triton compiles on the device includes cuda.h alone
+find "$t/backends/nvidia/include" -mindepth 1 -maxdepth 1 ! -name cuda.h -exec rm -rf {} +
 sed -i '/^amd = /d' "$work"/triton-"$VERSION".dist-info/entry_points.txt   # backends are found by entry point
 strip --strip-unneeded "$t/_C/libtriton.so" "$t/backends/nvidia/bin/ptxas-blackwell"
 mkdir -p "$DEST"

@@ -381,6 +381,48 @@ def test_selective_scan_chunk_parallel_backward(monkeypatch, bwd_groups, batch, 
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
 
 
+@pytest.mark.parametrize("chan_axis", ["1", "2"])
+@pytest.mark.parametrize("case", ["whole", "chunk-parallel"])
+def test_selective_scan_both_tile_axis_orders(monkeypatch, chan_axis, case):
+    """The scan kernels with the channels on either axis of their 4-D tiles (triton_scan_op.chan_axis
+    picks per kernel and Triton version; the tests above run its picks, this one each axis everywhere):
+    forward, training forward and every gradient vs float64. Four channels per program, so that the
+    sums over the channels (dB, dC) cover a tile axis; 5 states (a padded, masked state axis) or
+    grouped B/C; 75 steps (a partial chunk and window); whole, or split into 3 sequence groups in
+    both directions."""
+    monkeypatch.setenv("LONGSEQ_SCAN_CHAN_AXIS", chan_axis)
+    for knob in ("LONGSEQ_SCAN_FWD_CFGS", "LONGSEQ_SCAN_FWD_TRAIN_CFGS", "LONGSEQ_SCAN_BWD_CFGS"):
+        monkeypatch.setenv(knob, "t4:4:8:4")
+    gen = torch.Generator().manual_seed(19 + int(chan_axis))
+    if case == "whole":
+        t = scan_inputs(2, 5, 75, 5, None, gen)
+    else:
+        monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", "3")
+        monkeypatch.setenv("LONGSEQ_SCAN_BWD_GROUPS", "3")
+        t = scan_inputs(1, 8, 75, 16, 2, gen)
+    check_forward_and_grads(t, gen, train=False)
+    check_forward_and_grads(t, gen, train=True)
+
+
+def test_chan_axis_follows_the_triton_version(monkeypatch):
+    """Ascending contiguity ties up to Triton 3.6, descending after; the channels' axis per kernel
+    under each rule, and the override checked."""
+    from longseq.kernels import triton_scan_op as op
+    for version, ascending in (("3.6.0", True), ("3.5.1", True), ("3.7.1", False), ("3.9.0", False),
+                               ("3.10.0", False), ("4.0.0+git1234", False)):
+        assert op.ascending_ties(version) is ascending, version
+    monkeypatch.delenv("LONGSEQ_SCAN_CHAN_AXIS", raising=False)
+    monkeypatch.setattr(op, "_ASCENDING_TIES", True)
+    assert {op.chan_axis(k, w) for k in ("fwd", "bwd") for w in (1, 4)} == {2}
+    monkeypatch.setattr(op, "_ASCENDING_TIES", False)
+    assert [op.chan_axis("fwd", 1), op.chan_axis("fwd", 4), op.chan_axis("bwd", 1), op.chan_axis("bwd", 4)] == [2, 1, 1, 1]
+    monkeypatch.setenv("LONGSEQ_SCAN_CHAN_AXIS", "2")
+    assert op.chan_axis("bwd", 1) == 2
+    monkeypatch.setenv("LONGSEQ_SCAN_CHAN_AXIS", "3")
+    with pytest.raises(ValueError, match="LONGSEQ_SCAN_CHAN_AXIS"):
+        op.chan_axis("fwd", 1)
+
+
 def test_every_kernel_launch_asks_for_fp_fusion():
     """Triton 3.10 turns FP fusion off by default: each launch in longseq must pass launch_options
     (num_warps with enable_fp_fusion=True) rather than num_warps alone."""

@@ -35,6 +35,50 @@ def _take(x, sel, nz):
     return tl.sum(tl.where(sel, x, nz), axis=0, keep_dims=True)
 
 
+# The 4-D tiles' axis order. Their layout comes from the coalesced loads of A and the states
+# ([1, NQ, BD, NR] / [1, BD, NQ, NR], contiguous along NR only). Triton's coalescing pass orders
+# the dims that tie on contiguity by ascending index up to 3.6 and by descending index after it, and
+# the first of them gets the lanes first. The state groups (NQ) must come first: then a 16-channel
+# tile keeps two channels per thread and the backward's sums of dB and dC over the channels start
+# in-thread (v18: with the channels first they run on shuffles alone, +49% for t4:16:4:1). So the
+# channels sit on axis CHAN_AXIS = 2 ([BL, NQ, BD, NR]) for the old rule and 1 ([BL, BD, NQ, NR])
+# for the new one (triton_scan_op.CHAN_AXIS picks by version). These helpers place and reduce.
+@triton.jit
+def _chan4(x, CHAN_AXIS: tl.constexpr):
+    """A per-channel tile [L, BD] as a 4-D tile."""
+    if CHAN_AXIS == 2:
+        r = x[:, None, :, None]
+    else:
+        r = x[:, :, None, None]
+    return r
+
+
+@triton.jit
+def _state4(x, CHAN_AXIS: tl.constexpr):
+    """A per-state tile [L, NQ, NR] (B, C, dB, dC) as a 4-D tile."""
+    if CHAN_AXIS == 2:
+        r = x[:, :, None, :]
+    else:
+        r = x[:, None, :, :]
+    return r
+
+
+@triton.jit
+def _zeros4(L: tl.constexpr, NQ: tl.constexpr, BD: tl.constexpr, NR: tl.constexpr, CHAN_AXIS: tl.constexpr):
+    """A float32 4-D tile of zeros with L steps."""
+    if CHAN_AXIS == 2:
+        r = tl.zeros((L, NQ, BD, NR), tl.float32)
+    else:
+        r = tl.zeros((L, BD, NQ, NR), tl.float32)
+    return r
+
+
+@triton.jit
+def _sum_states(x, CHAN_AXIS: tl.constexpr):
+    """A 4-D tile summed over the states: [L, BD]."""
+    return tl.sum(tl.sum(x, axis=3), axis=3 - CHAN_AXIS)
+
+
 # Fast float32 math on the SFU (MUFU) for the t4 kernels: one instruction each for 2^x, log2(x)
 # and 1/x (PTX ex2/lg2/rcp.approx.ftz: ~2 ulp, denormals flushed). tl.log2 would call libdevice's
 # full-precision log2f (~20 instructions) and tl.sigmoid a full division. The interpreter cannot
@@ -102,18 +146,22 @@ def _delta_tile(raw, m2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 @triton.jit
 def _t4_indices(pid_d, dim, dstate, per_group, BD: tl.constexpr, NQ: tl.constexpr, NR: tl.constexpr,
-                BL: tl.constexpr):
+                BL: tl.constexpr, CHAN_AXIS: tl.constexpr):
     """A t4 program's channel offsets and mask [BD], step offsets [BL], B/C group (int64), and its
-    state indices and masks: n4/d4/mask_dn4 [1, NQ, BD, NR], n3/mask_n3 [1, NQ, NR] (n = q * NR + r)."""
+    state indices and masks: n4/d4/mask_dn4 as 4-D tiles of one step, n3/mask_n3 [1, NQ, NR]
+    (n = q * NR + r)."""
     d0 = pid_d * BD
     offs_d = d0 + tl.arange(0, BD)
     mask_d = offs_d < dim
     offs_l = tl.arange(0, BL)
     d64 = offs_d.to(tl.int64)
     g64 = (d0 // per_group).to(tl.int64)
-    n4 = (tl.arange(0, NQ)[None, :, None, None] * NR + tl.arange(0, NR)[None, None, None, :]).to(tl.int64)
-    d4 = d64[None, None, :, None]
-    mask_dn4 = mask_d[None, None, :, None] & (n4 < dstate)
+    if CHAN_AXIS == 2:
+        n4 = (tl.arange(0, NQ)[None, :, None, None] * NR + tl.arange(0, NR)[None, None, None, :]).to(tl.int64)
+    else:
+        n4 = (tl.arange(0, NQ)[None, None, :, None] * NR + tl.arange(0, NR)[None, None, None, :]).to(tl.int64)
+    d4 = _chan4(d64[None, :], CHAN_AXIS)
+    mask_dn4 = _chan4(mask_d[None, :], CHAN_AXIS) & (n4 < dstate)
     n3 = (tl.arange(0, NQ)[None, :, None] * NR + tl.arange(0, NR)[None, None, :]).to(tl.int64)
     mask_n3 = n3 < dstate
     return offs_d, mask_d, offs_l, d64, g64, n4, d4, mask_dn4, n3, mask_n3
@@ -122,7 +170,7 @@ def _t4_indices(pid_d, dim, dstate, per_group, BD: tl.constexpr, NQ: tl.constexp
 @triton.jit
 def _t4_channel_consts(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, d4, n4, mask_dn4, dstate,
                        HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
-    """A [1, NQ, BD, NR] and delta_bias, D [BD] of a t4 program's channels, as float32 (bias and D
+    """A (a 4-D tile of one step) and delta_bias, D [BD] of a t4 program's channels, as float32 (bias and D
     zero where absent)."""
     A = _to_f32(tl.load(A_ptr + d4 * dstate + n4, mask=mask_dn4, other=0.0))
     bias = tl.zeros(offs_d.shape, tl.float32)
@@ -167,7 +215,7 @@ def scan_fwd_t4_kernel(
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, SAVE_EVERY: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr, SUMMARY: tl.constexpr, GROUPED: tl.constexpr,
-    SAVE_YPRE: tl.constexpr, AHEAD: tl.constexpr = 1,
+    SAVE_YPRE: tl.constexpr, CHAN_AXIS: tl.constexpr, AHEAD: tl.constexpr = 1,
 ):
     """Forward with 4-D tiles [BL, NQ, BD, NR] (state n = q * NR + r) and a sequential recurrence.
 
@@ -194,7 +242,7 @@ def scan_fwd_t4_kernel(
     pid_g = tl.program_id(2)
     nb = tl.num_programs(1)
     offs_d, mask_d, offs_l, d64, g64, n4, d4, mask_dn4, n3, mask_n3 = _t4_indices(
-        pid_d, dim, dstate, per_group, BD, NQ, NR, BL)
+        pid_d, dim, dstate, per_group, BD, NQ, NR, BL, CHAN_AXIS)
 
     u_base = u_ptr + pid_b * s_ub + d64[None, :] * s_ud
     dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
@@ -207,18 +255,18 @@ def scan_fwd_t4_kernel(
     A, bias, Dv = _t4_channel_consts(A_ptr, bias_ptr, D_ptr, offs_d, mask_d, d4, n4, mask_dn4, dstate, HAS_BIAS, HAS_D)
     A2 = A * 1.4426950408889634
     row4 = (pid_b * dim + d4) * dstate + n4
-    h = tl.zeros((1, NQ, BD, NR), tl.float32)
+    h = _zeros4(1, NQ, BD, NR, CHAN_AXIS)
     if HAS_INIT and not SUMMARY:
         h = _to_f32(tl.load(init_ptr + row4, mask=mask_dn4, other=0.0))
     if GROUPED:
         for j in range(pid_g):
-            sj = tl.load(ssum_ptr + (j * nb + pid_b) * dim + d4, mask=mask_d[None, None, :, None], other=0.0)
+            sj = tl.load(ssum_ptr + (j * nb + pid_b) * dim + d4, mask=_chan4(mask_d[None, :], CHAN_AXIS), other=0.0)
             hj = tl.load(hsum_ptr + j * nb * dim * dstate + row4, mask=mask_dn4, other=0.0)
             h = tl.exp2(A2 * sj) * h + hj
     nsaved = (nchunks + SAVE_EVERY - 1) // SAVE_EVERY
     st_base = states_ptr + (pid_b * dim + d4) * nsaved * dstate + n4
     l4 = offs_l[:, None, None, None]
-    nz = tl.zeros((BL, NQ, BD, NR), tl.float32) * -1.0
+    nz = _zeros4(BL, NQ, BD, NR, CHAN_AXIS) * -1.0
     dsum = tl.zeros((BD,), tl.float32)
 
     # software pipelining: the next chunk's raw tiles (AHEAD = 2: the next two chunks') are loaded
@@ -249,8 +297,8 @@ def scan_fwd_t4_kernel(
         u = _to_f32(u_raw)
         _, dl = _delta_tile(dl_raw, m2, bias, HAS_BIAS, SOFTPLUS)
         Bt = B_raw.to(tl.float32)       # [BL, NQ, NR]; B and C: see _to_f32
-        a = tl.exp2(dl[:, None, :, None] * A2)                            # [BL, NQ, BD, NR]
-        bx = (dl * u)[:, None, :, None] * Bt[:, :, None, :]
+        a = tl.exp2(_chan4(dl, CHAN_AXIS) * A2)                            # [BL, NQ, BD, NR]
+        bx = _chan4(dl * u, CHAN_AXIS) * _state4(Bt, CHAN_AXIS)
         if SUMMARY:
             dsum += tl.sum(dl, axis=0)
             for s in tl.static_range(BL):
@@ -258,12 +306,12 @@ def scan_fwd_t4_kernel(
                 h = _take(a, sel, nz) * h + _take(bx, sel, nz)
         else:
             Ct = C_raw.to(tl.float32)
-            hs = tl.zeros((BL, NQ, BD, NR), tl.float32)
+            hs = _zeros4(BL, NQ, BD, NR, CHAN_AXIS)
             for s in tl.static_range(BL):
                 sel = l4 == s
                 h = _take(a, sel, nz) * h + _take(bx, sel, nz)
                 hs = tl.where(sel, h, hs)
-            y = tl.sum(tl.sum(hs * Ct[:, :, None, :], axis=3), axis=1)       # [BL, BD]
+            y = _sum_states(hs * _state4(Ct, CHAN_AXIS), CHAN_AXIS)       # [BL, BD]
             if HAS_D:
                 y = y + Dv[None, :] * u
             if HAS_Z:
@@ -309,6 +357,7 @@ def scan_bwd_t4_kernel(
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, WIN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DLAST: tl.constexpr, DETERMINISTIC: tl.constexpr, GROUPED: tl.constexpr, HAS_YPRE: tl.constexpr,
+    CHAN_AXIS: tl.constexpr,
 ):
     """Backward with the t4 forward's tiles [BL, NQ, BD, NR] and unrolled per-thread recurrences (v5).
 
@@ -340,7 +389,7 @@ def scan_bwd_t4_kernel(
     nb = tl.num_programs(1)
     ng = tl.num_programs(2)
     offs_d, mask_d, offs_l, d64, g64, n4, d4, mask_dn4, n3, mask_n3 = _t4_indices(
-        pid_d, dim, dstate, per_group, BD, NQ, NR, BL)
+        pid_d, dim, dstate, per_group, BD, NQ, NR, BL, CHAN_AXIS)
 
     u_base = u_ptr + pid_b * s_ub + d64[None, :] * s_ud
     dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
@@ -364,24 +413,24 @@ def scan_bwd_t4_kernel(
     row4 = (pid_b * dim + d4) * dstate + n4
     st_base = states_ptr + (pid_b * dim + d4) * nsaved * dstate + n4
     l4 = offs_l[:, None, None, None]
-    nz = tl.zeros((BL, NQ, BD, NR), tl.float32) * -1.0
+    nz = _zeros4(BL, NQ, BD, NR, CHAN_AXIS) * -1.0
     j4 = tl.arange(0, SUB)[:, None, None, None]
-    nzs = tl.zeros((SUB, NQ, BD, NR), tl.float32) * -1.0
+    nzs = _zeros4(SUB, NQ, BD, NR, CHAN_AXIS) * -1.0
 
     # dL/dh after the last step and the decay a of the step after it: padded steps pass it unchanged
-    dh = tl.zeros((1, NQ, BD, NR), tl.float32)
+    dh = _zeros4(1, NQ, BD, NR, CHAN_AXIS)
     if HAS_DLAST:
         dh = _to_f32(tl.load(dlast_ptr + row4, mask=mask_dn4, other=0.0))
     if GROUPED:
         for k in range(ng - 1 - pid_g):
             j = ng - 1 - k
-            sj = tl.load(ssum_ptr + (j * nb + pid_b) * dim + d4, mask=mask_d[None, None, :, None], other=0.0)
+            sj = tl.load(ssum_ptr + (j * nb + pid_b) * dim + d4, mask=_chan4(mask_d[None, :], CHAN_AXIS), other=0.0)
             ej = tl.load(esum_ptr + ((j * nb + pid_b) * dim + d4) * dstate + n4, mask=mask_dn4, other=0.0)
             dh = tl.exp2(A2 * sj) * dh + ej
     w_lo = pid_g * wpg
     w_hi = tl.minimum(w_lo + wpg, nsaved)
-    a_next = tl.zeros((1, NQ, BD, NR), tl.float32) + 1.0
-    dA_acc = tl.zeros((1, NQ, BD, NR), tl.float32)
+    a_next = _zeros4(1, NQ, BD, NR, CHAN_AXIS) + 1.0
+    dA_acc = _zeros4(1, NQ, BD, NR, CHAN_AXIS)
     dD_acc = tl.zeros((BD,), tl.float32)
     db_acc = tl.zeros((BD,), tl.float32)
     # pass B's tiles are prefetched one sub-chunk ahead (in its reverse order), as in the forward
@@ -391,7 +440,7 @@ def scan_bwd_t4_kernel(
         w = w_hi - 1 - i
         h = tl.load(st_base + w * dstate, mask=mask_dn4, other=0.0)
         # pass A: the start state of every sub-chunk of the window
-        hst = tl.zeros((SUB, NQ, BD, NR), tl.float32)
+        hst = _zeros4(SUB, NQ, BD, NR, CHAN_AXIS)
         if SUB > 1:
             for j in range(SUB - 1):
                 hst = tl.where(j4 == j, h, hst)
@@ -403,8 +452,8 @@ def scan_bwd_t4_kernel(
                                     SOFTPLUS)
                 mnt = (t < seqlen)[:, None, None] & mask_n3
                 Bt = _to_f32(tl.load(B_base + t64[:, None, None] * s_Bl, mask=mnt, other=0.0))
-                a = tl.exp2(dl[:, None, :, None] * A2)
-                bx = (dl * u)[:, None, :, None] * Bt[:, :, None, :]
+                a = tl.exp2(_chan4(dl, CHAN_AXIS) * A2)
+                bx = _chan4(dl * u, CHAN_AXIS) * _state4(Bt, CHAN_AXIS)
                 for s in tl.static_range(BL):
                     sel = l4 == s
                     h = _take(a, sel, nz) * h + _take(bx, sel, nz)
@@ -429,9 +478,9 @@ def scan_bwd_t4_kernel(
             Ct = C_raw.to(tl.float32)
             dout = _to_f32(o_raw)
             dlu = dl * u
-            a = tl.exp2(dl[:, None, :, None] * A2)                        # [BL, NQ, BD, NR]
-            bx = dlu[:, None, :, None] * Bt[:, :, None, :]
-            hs = tl.zeros((BL, NQ, BD, NR), tl.float32)
+            a = tl.exp2(_chan4(dl, CHAN_AXIS) * A2)                        # [BL, NQ, BD, NR]
+            bx = _chan4(dlu, CHAN_AXIS) * _state4(Bt, CHAN_AXIS)
+            hs = _zeros4(BL, NQ, BD, NR, CHAN_AXIS)
             for s in tl.static_range(BL):
                 sel = l4 == s
                 h = _take(a, sel, nz) * h + _take(bx, sel, nz)
@@ -441,7 +490,7 @@ def scan_bwd_t4_kernel(
                 if HAS_YPRE:
                     yv = _to_f32(yp_raw)                                    # y + D u before the gate
                 else:
-                    yv = tl.sum(tl.sum(hs * Ct[:, :, None, :], axis=3), axis=1)     # [BL, BD]
+                    yv = _sum_states(hs * _state4(Ct, CHAN_AXIS), CHAN_AXIS)     # [BL, BD]
                     if HAS_D:
                         yv = yv + Dv[None, :] * u
                 sz = _sigmoid(zt)
@@ -450,18 +499,18 @@ def scan_bwd_t4_kernel(
                 dy = dout * zt * sz
             else:
                 dy = dout
-            gC = tl.sum(hs * dy[:, None, :, None], axis=2)                # [BL, NQ, NR], over the channels
-            dy4 = dy[:, None, :, None]
-            dl4 = dl[:, None, :, None]
-            dhs = tl.zeros((BL, NQ, BD, NR), tl.float32)
-            dhhb = tl.zeros((BL, NQ, BD, NR), tl.float32)
+            gC = tl.sum(hs * _chan4(dy, CHAN_AXIS), axis=CHAN_AXIS)        # [BL, NQ, NR], over the channels
+            dy4 = _chan4(dy, CHAN_AXIS)
+            dl4 = _chan4(dl, CHAN_AXIS)
+            dhs = _zeros4(BL, NQ, BD, NR, CHAN_AXIS)
+            dhhb = _zeros4(BL, NQ, BD, NR, CHAN_AXIS)
             for rs in tl.static_range(BL):
                 sr = BL - 1 - rs
                 sel = l4 == sr
                 if sr == BL - 1:
-                    dh = a_next * dh + _take(dy4, sel, nz) * _take(Ct[:, :, None, :], sel, nz)
+                    dh = a_next * dh + _take(dy4, sel, nz) * _take(_state4(Ct, CHAN_AXIS), sel, nz)
                 else:
-                    dh = _take(a, l4 == sr + 1, nz) * dh + _take(dy4, sel, nz) * _take(Ct[:, :, None, :], sel, nz)
+                    dh = _take(a, l4 == sr + 1, nz) * dh + _take(dy4, sel, nz) * _take(_state4(Ct, CHAN_AXIS), sel, nz)
                 if sr == 0:
                     hprev = h0
                 else:
@@ -472,8 +521,8 @@ def scan_bwd_t4_kernel(
                 dhhb = tl.where(sel, dh * hb, dhhb)
             a_next = _take(a, l4 == 0, nz)
 
-            dhB = tl.sum(tl.sum(dhs * Bt[:, :, None, :], axis=3), axis=1)          # [BL, BD]
-            ddl = tl.sum(tl.sum(dhhb * A, axis=3), axis=1) + u * dhB
+            dhB = _sum_states(dhs * _state4(Bt, CHAN_AXIS), CHAN_AXIS)          # [BL, BD]
+            ddl = _sum_states(dhhb * A, CHAN_AXIS) + u * dhB
             dut = dl * dhB
             if HAS_D:
                 dut = dut + dy * Dv[None, :]
@@ -484,7 +533,7 @@ def scan_bwd_t4_kernel(
             db_acc += tl.sum(ddl, axis=0)
             tl.store(du_base + t64[:, None] * s_dul, dut.to(du_ptr.dtype.element_ty), mask=m2)
             tl.store(ddl_base + t64[:, None] * s_ddl, ddl.to(ddelta_ptr.dtype.element_ty), mask=m2)
-            gB = tl.sum(dhs * dlu[:, None, :, None], axis=2)              # [BL, NQ, NR], over the channels
+            gB = tl.sum(dhs * _chan4(dlu, CHAN_AXIS), axis=CHAN_AXIS)      # [BL, NQ, NR], over the channels
             if DETERMINISTIC:
                 tl.store(gB_base + t64[:, None, None] * s_gl, gB, mask=mnt)
                 tl.store(gC_base + t64[:, None, None] * s_gl, gC, mask=mnt)
@@ -507,7 +556,7 @@ def scan_bwd_t4_summary_kernel(
     dim, seqlen, dstate, per_group, nsaved, wpg,
     s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_Cb, s_Cg, s_Cn, s_Cl, s_ob, s_od, s_ol,
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, WIN: tl.constexpr,
-    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CHAN_AXIS: tl.constexpr,
 ):
     """Pass 1 of the chunk-parallel backward (v6): for sequence group j = program_id(2) + 1 (group 0
     needs none), the carry e = a_{t0} dL/dh_{t0} that the group's steps produce from a zero carry
@@ -521,7 +570,7 @@ def scan_bwd_t4_summary_kernel(
     pid_g = tl.program_id(2) + 1
     nb = tl.num_programs(1)
     offs_d, mask_d, offs_l, d64, g64, n4, d4, mask_dn4, n3, mask_n3 = _t4_indices(
-        pid_d, dim, dstate, per_group, BD, NQ, NR, BL)
+        pid_d, dim, dstate, per_group, BD, NQ, NR, BL, CHAN_AXIS)
     dl_base = delta_ptr + pid_b * s_db + d64[None, :] * s_dd
     z_base = z_ptr + pid_b * s_zb + d64[None, :] * s_zd
     o_base = dout_ptr + pid_b * s_ob + d64[None, :] * s_od
@@ -529,8 +578,8 @@ def scan_bwd_t4_summary_kernel(
     A, bias, _D = _t4_channel_consts(A_ptr, bias_ptr, A_ptr, offs_d, mask_d, d4, n4, mask_dn4, dstate, HAS_BIAS, False)
     A2 = A * 1.4426950408889634
     l4 = offs_l[:, None, None, None]
-    nz = tl.zeros((BL, NQ, BD, NR), tl.float32) * -1.0
-    e = tl.zeros((1, NQ, BD, NR), tl.float32)
+    nz = _zeros4(BL, NQ, BD, NR, CHAN_AXIS) * -1.0
+    e = _zeros4(1, NQ, BD, NR, CHAN_AXIS)
     dsum = tl.zeros((BD,), tl.float32)
     c_lo = pid_g * wpg * SUB
     c_hi = tl.minimum(pid_g * wpg + wpg, nsaved) * SUB
@@ -552,8 +601,8 @@ def scan_bwd_t4_summary_kernel(
             zt = _to_f32(z_raw)
             dy = dy * zt * _sigmoid(zt)
         Ct = C_raw.to(tl.float32)       # broadcast over the channels in bf16: see _to_f32
-        a = tl.exp2(dl[:, None, :, None] * A2)
-        g = dy[:, None, :, None] * Ct[:, :, None, :]
+        a = tl.exp2(_chan4(dl, CHAN_AXIS) * A2)
+        g = _chan4(dy, CHAN_AXIS) * _state4(Ct, CHAN_AXIS)
         for rs in tl.static_range(BL):
             sel = l4 == BL - 1 - rs
             e = _take(a, sel, nz) * (e + _take(g, sel, nz))

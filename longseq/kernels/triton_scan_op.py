@@ -4,11 +4,41 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
 
 from . import triton_tune
 from .triton_tune import cdiv, launch_options, sm_count
 from .checks import check_selective_scan_args
 from .triton_scan import scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fwd_t4_kernel
+
+
+def ascending_ties(version: str) -> bool:
+    """Whether this Triton's coalescing pass breaks contiguity ties by ascending dim index (up to 3.6;
+    later ones: descending). It decides which tile axis gets the lanes first (triton_scan._chan4)."""
+    major, minor = (int(x) for x in version.split(".")[:2])
+    return (major, minor) <= (3, 6)
+
+
+_ASCENDING_TIES = ascending_ties(triton.__version__)
+
+
+def chan_axis(kind: str, warps: int) -> int:
+    """The axis of the channels in a scan kernel's 4-D tiles (triton_scan._chan4), so that the lanes go
+    first to the state groups (NQ) or to the channels, whichever the kernel runs faster with (v19, H100):
+    - Triton <= 3.6: 2 (state groups first) everywhere, as tuned since v5.
+    - Later Tritons: 1 (state groups first) for the backward, its summary pass and the forward with
+      several warps (backward t4:16:4:1 17-27% faster than with 2, multi-warp forward 3-15%);
+      2 (channels first) for the one-warp forward programs (4-12% faster than with 1).
+    $LONGSEQ_SCAN_CHAN_AXIS (1 or 2) forces one axis everywhere, for measuring."""
+    forced = os.environ.get("LONGSEQ_SCAN_CHAN_AXIS")
+    if forced:
+        if forced not in ("1", "2"):
+            raise ValueError(f"LONGSEQ_SCAN_CHAN_AXIS must be 1 or 2, got {forced!r}")
+        return int(forced)
+    if _ASCENDING_TIES or (kind == "fwd" and warps == 1):
+        return 2
+    return 1
+
 
 COMPILED = {}       # last compiled kernel per name (registers/spills for the benchmark's report)
 SAVE_CHUNK = 32           # the training forward saves the state every SAVE_CHUNK steps; the backward walks
@@ -215,7 +245,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
         cpp = cdiv(cdiv(nchunks, G), save_every) * save_every   # group edges on saved states
         G = cdiv(nchunks, cpp)
         t4 = dict(AHEAD=FWD_VARIANTS[cfg[0]], NR=min(4, NP), SAVE_EVERY=save_every, SAVE_STATES=save_states,
-                  SAVE_YPRE=ypre is not None, **flags)
+                  SAVE_YPRE=ypre is not None, CHAN_AXIS=chan_axis("fwd", warps), **flags)
         yp = ypre if ypre is not None else y
         hsum = ssum = last
         if G > 1:
@@ -327,7 +357,8 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
                 *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides_bc(C, groups),
                 *_strides3(dout),
                 BD=sbd, NP=NP, BL=SUMMARY_BL, NR=min(4, NP), WIN=SAVE_CHUNK, HAS_Z=z is not None,
-                HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), **launch_options(1))
+                HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), CHAN_AXIS=chan_axis("bwd", 1),
+                **launch_options(1))
         COMPILED["scan_bwd"] = scan_bwd_t4_kernel[grid](
             u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, states, dout, dlast if dlast is not None else dummy,
@@ -340,7 +371,8 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
             gB.stride(0), gB.stride(1), gB.stride(2), gB.stride(3),
             BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(softplus), HAS_DLAST=dlast is not None, DETERMINISTIC=det,
-            NR=min(4, NP), WIN=SAVE_CHUNK, GROUPED=G > 1, HAS_YPRE=ypre is not None, **launch_options(warps),
+            NR=min(4, NP), WIN=SAVE_CHUNK, GROUPED=G > 1, HAS_YPRE=ypre is not None,
+            CHAN_AXIS=chan_axis("bwd", warps), **launch_options(warps),
         )
         return gB, gC, K, dA_p, dD_p, db_p
 
