@@ -6,7 +6,7 @@
 # background while the tests run, for the benchmark's comparison. Without $OUT, writes to ./device_out.
 # TRITON_PACK=.triton_pack/triton-X.tar.xz (carry .triton_pack; made by benchmarks/pack_triton.sh) runs everything on
 # that Triton instead of the device's own.
-# Knobs: SKIP_TESTS=1, TESTS_K="pytest -k expression", SKIP_MAMBA=1, SWEEPCFG=1 (SWEEPCFG_ARGS), BENCH_ARGS,
+# Knobs: SKIP_TESTS=1, TESTS_K="pytest -k expression", TEST_WORKERS, SKIP_MAMBA=1, SKIP_BENCH=1, SWEEPCFG=1 (SWEEPCFG_ARGS), BENCH_ARGS,
 # BENCH_ENVS (below), *_TIMEOUT.
 set -uo pipefail
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
@@ -22,8 +22,9 @@ if [ -d .mamba_src/selective_scan ] && [ "${SKIP_MAMBA:-0}" != 1 ]; then
   ( timeout "${MAMBA_BUILD_TIMEOUT:-420}" nice python3 benchmarks/build_mamba_ssm.py > "$MAMBA_BUILD_LOG" 2>&1; echo "rc=$?" >> "$MAMBA_BUILD_LOG" ) &
 fi
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  # TEST_WORKERS=N: pytest-xdist workers (the device image has it); the tests' time is mostly compiling
   LONGSEQ_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests/test_gpu_kernels.py -x -p no:cacheprovider \
-     --durations=5 ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+     --durations=5 ${TESTS_K:+-k "$TESTS_K"} ${TEST_WORKERS:+-n "$TEST_WORKERS"} 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 fi
 # optional: the forward/backward configuration sweep (benchmarks/sweep_scan_cfgs.py), SWEEPCFG=1
 if [ "${SWEEPCFG:-0}" = 1 ]; then
@@ -31,7 +32,9 @@ if [ "${SWEEPCFG:-0}" = 1 ]; then
 fi
 # BENCH_ENVS="VAR=a VAR=b" runs the benchmark once per setting, in this call (an A/B on one device), to
 # scan_VAR_a.json / bench_VAR_a.log; BENCH_TIMEOUT is per run
+[ "${SKIP_BENCH:-0}" = 1 ] && BENCH_ENVS=none
 for setting in ${BENCH_ENVS:--}; do
+  [ "$setting" = none ] && break
   tag="" envs=()
   if [ "$setting" != - ]; then tag="_${setting//[^A-Za-z0-9]/_}"; envs=("$setting"); fi
   echo "== benchmark ${envs[*]:-}"
