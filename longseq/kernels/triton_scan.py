@@ -1,7 +1,7 @@
 """Fused Triton selective scan: forward and backward kernels (docs/kernels.md, docs/kernel_notes.md).
 
 One program owns ``BD`` channels of one sequence and works on 4-D register tiles [BL, NQ, BD, NR]
-(state n = q * NR + r): NR states in each thread, NQ state groups and the channels on the lanes
+(state n = q * NR + r; or [BL, BD, NQ, NR], by Triton version: see ``_chan4``): NR states in each thread, NQ state groups and the channels on the lanes
 and warps, and all BL steps of a chunk in each thread, so a chunk is an unrolled per-thread loop
 ``h = a_t * h + b_t`` and the state carries to the next chunk in registers. Nothing of size
 (batch, dim, seqlen, dstate) ever reaches device memory; the training forward stores the state
@@ -222,7 +222,8 @@ def scan_fwd_t4_kernel(
     Unlike the tm/cm kernels (one (d, n) pair per thread, y summed over n by a 16-lane shuffle
     tree), each thread here holds NR states of its channel(s) and all BL steps of the chunk. The A
     load, contiguous along n, anchors the compute layout on the GPU: NR states in-thread (one
-    16-byte vector), NQ on lanes, channels on the remaining lanes and the warps. The chunk is then
+    16-byte vector), NQ and the channels on the lanes (which first: CHAN_AXIS, see _chan4), the
+    channels on the warps. The chunk is then
     solved by an unrolled loop over its BL steps (h = a_t * h + b_t, one FFMA per element; the scan
     of v1-v3 spent 3), y's sum over n is NR-1 in-thread FMAs and log2(NQ) shuffles per step, and the
     chunk's last state is a register, not a reduction. With SAVE_STATES the state is stored every
