@@ -1,11 +1,12 @@
 """Fused Triton selective scan: forward and backward kernels (docs/kernels.md, docs/kernel_notes.md).
 
 One program owns ``BD`` channels of one sequence and works on 4-D register tiles [BL, NQ, BD, NR]
-(state n = q * NR + r; or [BL, BD, NQ, NR], by Triton version: see ``_chan4``): NR states in each thread, NQ state groups and the channels on the lanes
-and warps, and all BL steps of a chunk in each thread, so a chunk is an unrolled per-thread loop
-``h = a_t * h + b_t`` and the state carries to the next chunk in registers. Nothing of size
-(batch, dim, seqlen, dstate) ever reaches device memory; the training forward stores the state
-every SAVE_EVERY chunks (and, with z, the output before the gate) for the backward.
+(state n = q * NR + r; [BL, BD, NQ, NR] for some kernels on Triton >= 3.7, see ``_chan4``): NR states
+in each thread, NQ state groups and the channels on the lanes and warps, and all BL steps of a chunk
+in each thread, so a chunk is an unrolled per-thread loop ``h = a_t * h + b_t`` and the state
+carries to the next chunk in registers. Nothing of size (batch, dim, seqlen, dstate) ever reaches
+device memory; the training forward stores the state every SAVE_EVERY chunks (and, with z, the
+output before the gate) for the backward.
 
 The backward (``scan_bwd_t4_kernel``) walks the windows between saved states in reverse, recomputes
 each sub-chunk's states with the forward recurrence and runs the reverse recurrence for dL/dh over
@@ -41,8 +42,9 @@ def _take(x, sel, nz):
 # the first of them gets the lanes first. The state groups (NQ) must come first: then a 16-channel
 # tile keeps two channels per thread and the backward's sums of dB and dC over the channels start
 # in-thread (v18: with the channels first they run on shuffles alone, +49% for t4:16:4:1). So the
-# channels sit on axis CHAN_AXIS = 2 ([BL, NQ, BD, NR]) for the old rule and 1 ([BL, BD, NQ, NR])
-# for the new one (triton_scan_op.CHAN_AXIS picks by version). These helpers place and reduce.
+# channels sit on axis CHAN_AXIS = 2 ([BL, NQ, BD, NR]) under the old rule and 1 ([BL, BD, NQ, NR])
+# under the new one, where the one-warp forward measured faster with 2 (triton_scan_op.chan_axis
+# picks per kernel and version). These helpers place and reduce tiles for either order.
 @triton.jit
 def _chan4(x, CHAN_AXIS: tl.constexpr):
     """A per-channel tile [L, BD] as a 4-D tile."""
@@ -156,6 +158,7 @@ def _t4_indices(pid_d, dim, dstate, per_group, BD: tl.constexpr, NQ: tl.constexp
     offs_l = tl.arange(0, BL)
     d64 = offs_d.to(tl.int64)
     g64 = (d0 // per_group).to(tl.int64)
+    # written out per order (not as _state4(n3)) so that the CHAN_AXIS = 2 code is v18's, op for op
     if CHAN_AXIS == 2:
         n4 = (tl.arange(0, NQ)[None, :, None, None] * NR + tl.arange(0, NR)[None, None, None, :]).to(tl.int64)
     else:
@@ -298,7 +301,7 @@ def scan_fwd_t4_kernel(
         u = _to_f32(u_raw)
         _, dl = _delta_tile(dl_raw, m2, bias, HAS_BIAS, SOFTPLUS)
         Bt = B_raw.to(tl.float32)       # [BL, NQ, NR]; B and C: see _to_f32
-        a = tl.exp2(_chan4(dl, CHAN_AXIS) * A2)                            # [BL, NQ, BD, NR]
+        a = tl.exp2(_chan4(dl, CHAN_AXIS) * A2)                            # a 4-D tile over the BL steps
         bx = _chan4(dl * u, CHAN_AXIS) * _state4(Bt, CHAN_AXIS)
         if SUMMARY:
             dsum += tl.sum(dl, axis=0)
@@ -479,7 +482,7 @@ def scan_bwd_t4_kernel(
             Ct = C_raw.to(tl.float32)
             dout = _to_f32(o_raw)
             dlu = dl * u
-            a = tl.exp2(_chan4(dl, CHAN_AXIS) * A2)                        # [BL, NQ, BD, NR]
+            a = tl.exp2(_chan4(dl, CHAN_AXIS) * A2)                        # a 4-D tile over the BL steps
             bx = _chan4(dlu, CHAN_AXIS) * _state4(Bt, CHAN_AXIS)
             hs = _zeros4(BL, NQ, BD, NR, CHAN_AXIS)
             for s in tl.static_range(BL):
