@@ -27,8 +27,9 @@ def chan_axis(kind: str, warps: int) -> int:
     first to the state groups (NQ) or to the channels, whichever the kernel runs faster with (v19, H100):
     - Triton <= 3.6: 2 (state groups first) everywhere, as tuned since v5.
     - Later Tritons: 1 (state groups first) for the backward, its summary pass and the forward with
-      several warps (backward t4:16:4:1 17-27% faster than with 2, multi-warp forward 3-15%);
-      2 (channels first) for the one-warp forward programs (4-12% faster than with 1).
+      several warps (backward t4:16:4:1 22-28% and t4:16:4:1:32 17-21% faster than with 2, the others
+      level; multi-warp forward 3-15%); 2 (channels first) for the one-warp forward programs (4-13%
+      faster than with 1).
     $LONGSEQ_SCAN_CHAN_AXIS (1 or 2) forces one axis everywhere, for measuring."""
     forced = os.environ.get("LONGSEQ_SCAN_CHAN_AXIS")
     if forced:
