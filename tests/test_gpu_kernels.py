@@ -114,6 +114,60 @@ def test_scan_deterministic_mode_is_bitwise_repeatable(monkeypatch):
         assert torch.equal(a, b)
 
 
+def _fwd_bwd_outputs(t):
+    xs = {k: v.clone().requires_grad_() for k, v in t.items()}
+    y, last = call(T().selective_scan, xs)
+    (y.float().square().sum() + last.sum()).backward()
+    return [y, last] + [xs[k].grad for k in ARGS]
+
+
+def test_direct_launches_are_taken_and_match_tritons_own(monkeypatch):
+    """After a key's first call, the scan's kernels launch without JITFunction.run (triton_launch.py),
+    with the same kernels and arguments: results bitwise equal to LONGSEQ_TRITON_LAUNCH=triton (in
+    deterministic mode: otherwise dB and dC are summed by atomics, in no fixed order)."""
+    from triton.runtime.jit import JITFunction
+    from longseq.kernels import triton_launch
+    if not triton_launch._SUPPORTED:
+        pytest.skip(f"no direct launches on Triton {__import__('triton').__version__}")
+    monkeypatch.delenv("LONGSEQ_TRITON_LAUNCH", raising=False)
+    monkeypatch.setenv("LONGSEQ_DETERMINISTIC", "1")
+    monkeypatch.setenv("LONGSEQ_SCAN_GROUPS", "2")        # every kernel: both passes forward and backward
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_GROUPS", "2")
+    gen = torch.Generator(device=DEV).manual_seed(5)
+    t = scan_inputs(2, 40, 2100, 16, 4, torch.bfloat16, gen)
+    _fwd_bwd_outputs(t)                                   # compiles; the keys are cached
+    calls = []
+    original = JITFunction.run
+    monkeypatch.setattr(JITFunction, "run", lambda self, *a, **k: calls.append(self) or original(self, *a, **k))
+    direct = _fwd_bwd_outputs(t)
+    assert calls == [], f"{len(calls)} launches went through JITFunction.run"
+    monkeypatch.setenv("LONGSEQ_TRITON_LAUNCH", "triton")
+    plain = _fwd_bwd_outputs(t)
+    assert len(calls) == 4                                # forward: 2 passes, backward: summary + main
+    for a, b in zip(direct, plain):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4)], ids=["fp32"])
+def test_direct_launch_compiles_again_for_a_misaligned_tensor(dtype, tol):
+    """A kernel compiled for 16-byte aligned pointers must not be reused for a tensor that starts 4
+    bytes off (the launch key holds each tensor's alignment): aligned first, then misaligned views."""
+    gen = torch.Generator(device=DEV).manual_seed(6)
+    for offset in (0, 1):
+        t = scan_inputs(2, 40, 300, 16, None, dtype, gen)
+        for k in ("u", "delta", "B", "C", "z"):
+            v = t[k]
+            flat = torch.empty(v.numel() + 1, device=DEV, dtype=dtype)
+            view = flat[offset:offset + v.numel()].view(v.shape)
+            view.copy_(v)
+            t[k] = view
+        assert (t["u"].data_ptr() % 16 == 0) == (offset == 0)
+        with torch.no_grad():
+            y, last = call(T().selective_scan, t)
+            yr, lr = call(R.selective_scan_ref, {k: v.double() for k, v in t.items()})
+        assert rel(y, yr) < tol and rel(last, lr) < tol, offset
+
+
 def test_scan_seqlen_2_20_batch1_vs_chunked_reference():
     L = 1 << 20
     gen = torch.Generator(device=DEV).manual_seed(1)

@@ -18,8 +18,9 @@ def check_tensor(fn: str, name: str, t, shape: tuple, device, dtypes=FLOAT_DTYPE
     """Check that ``t`` is a tensor of ``shape`` on ``device`` with a dtype in ``dtypes``."""
     if not isinstance(t, torch.Tensor):
         _fail(fn, name, "a torch.Tensor", type(t).__name__)
-    doc = f"{shape_doc} = {tuple(shape)}" if shape_doc else f"of shape {tuple(shape)}"
-    if tuple(t.shape) != tuple(shape):
+    # (the messages are built only on failure: these checks run on every kernel call)
+    if t.shape != tuple(shape):
+        doc = f"{shape_doc} = {tuple(shape)}" if shape_doc else f"{tuple(shape)}"
         _fail(fn, name, f"of shape {doc}", f"shape {tuple(t.shape)}")
     if t.dtype not in dtypes:
         _fail(fn, name, f"one of dtypes {[str(d) for d in dtypes]}", t.dtype)

@@ -15,6 +15,7 @@ from .reference import causal_conv1d_ref  # argument checks only (see _check_con
 from .triton_conv import conv_bwd_kernel, conv_fwd_kernel, conv_update_kernel
 from .triton_norm import rms_bwd_kernel, rms_fwd_kernel
 from .triton_scan_op import _pow2, selective_scan
+from .triton_launch import launch
 from .triton_tune import cdiv, launch_options, sm_count
 from .triton_update import state_update_kernel
 
@@ -34,7 +35,7 @@ def _conv_launch(x, weight, bias, init, out, dy, silu, grad):
     i = init if init is not None else dummy
     g = dy if dy is not None else out
     grid = (cdiv(seqlen, _CONV_BL), cdiv(dim, _CONV_BD), batch)
-    conv_fwd_kernel[grid](
+    launch(conv_fwd_kernel, grid,
         x, weight, bias if bias is not None else dummy, i, out, g,
         dim, seqlen, *x.stride(), *(i.stride() if init is not None else (0, 0, 0)), *out.stride(), *g.stride(),
         W=W, BD=_CONV_BD, BL=_CONV_BL, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
@@ -65,7 +66,7 @@ class CausalConv1dFn(torch.autograd.Function):
         db_p = torch.empty((batch, nblocks, dim), device=x.device, dtype=torch.float32)
         dummy = x
         grid = (nblocks, cdiv(dim, _CONV_BD), batch)
-        conv_bwd_kernel[grid](
+        launch(conv_bwd_kernel, grid,
             g, x, weight, init if init is not None else dummy, dx, dw_p, db_p,
             dim, seqlen, nblocks, *x.stride(), *(init.stride() if init is not None else (0, 0, 0)), *dx.stride(),
             W=W, BD=_CONV_BD, BL=_CONV_BL, HAS_INIT=init is not None, **launch_options(4))
@@ -121,7 +122,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     batch, dim, W = check_conv_update_args(x, conv_state, weight, bias, activation)
     y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
     BD = min(64, _pow2(dim))
-    conv_update_kernel[(cdiv(dim, BD), batch)](
+    launch(conv_update_kernel, (cdiv(dim, BD), batch),
         x, conv_state, weight.contiguous(), bias if bias is not None else y, y,
         dim, *x.stride(), *conv_state.stride(), *y.stride(),
         W=W, WP=max(2, _pow2(W)), BD=BD, HAS_BIAS=bias is not None, SILU=activation is not None, **launch_options(4))
@@ -157,7 +158,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     cs = (C.stride(0), 0, C.stride(1)) if C.dim() == 2 else C.stride()
     BD = min(16, _pow2(dim))
     dummy = y
-    state_update_kernel[(cdiv(dim, BD), batch)](
+    launch(state_update_kernel, (cdiv(dim, BD), batch),
         state, x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         dt_bias if dt_bias is not None else dummy, y,
         dim, dstate, dim // groups, *state.stride(), *x.stride(), *dt.stride(),
@@ -187,7 +188,7 @@ class RMSNormFn(torch.autograd.Function):
         rstd = torch.empty((M,), device=x.device, dtype=torch.float32)
         BH = _pow2(H)
         if M:
-            rms_fwd_kernel[(M,)](
+            launch(rms_fwd_kernel, (M,),
                 x2, r2 if r2 is not None else x2, weight, y, s, rstd, H, float(eps),
                 x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0), s.stride(0),
                 BH=BH, HAS_RES=r2 is not None, STORE_S=bool(prenorm), **launch_options(min(16, max(1, BH // 256))))
@@ -215,7 +216,7 @@ class RMSNormFn(torch.autograd.Function):
         dw_p = torch.empty((nprog, H), device=dev, dtype=torch.float32)
         BH = _pow2(H)
         if M:
-            rms_bwd_kernel[(nprog,)](
+            launch(rms_bwd_kernel, (nprog,),
                 x2, r2 if r2 is not None else x2, weight, rstd, dy2, ds2 if ds2 is not None else dy2, dx, dres, dw_p,
                 M, H, x2.stride(0), r2.stride(0) if r2 is not None else 0, dy2.stride(0),
                 ds2.stride(0) if ds2 is not None else 0, dx.stride(0), dres.stride(0),

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_launch import launch
 from .triton_tune import launch_options
 
 
@@ -43,7 +44,7 @@ def gumbel_argmax(logits: torch.Tensor, noise: torch.Tensor, temperature: float,
         raise ValueError("gumbel_argmax: logits and noise need a contiguous last dim; noise must be float32")
     if not (force.is_contiguous() and forced.is_contiguous() and out.is_contiguous()):
         raise ValueError("gumbel_argmax: force, forced and out must be contiguous")
-    gumbel_argmax_kernel[(batch,)](
+    launch(gumbel_argmax_kernel, (batch,),
         logits, noise, force, forced, out, vocab, logits.stride(0), noise.stride(0), float(temperature),
         VP=triton.next_power_of_2(max(vocab, 2)), HAS_T=temperature != 1, **launch_options(4))
     return out

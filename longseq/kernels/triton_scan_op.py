@@ -7,6 +7,7 @@ import torch
 import triton
 
 from . import triton_tune
+from .triton_launch import launch
 from .triton_tune import cdiv, launch_options, sm_count
 from .checks import check_selective_scan_args
 from .triton_scan import scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fwd_t4_kernel
@@ -148,15 +149,16 @@ BWD_CFGS = [("t4", 4, 8, 1), ("t4", 8, 8, 1), ("t4", 16, 4, 1), ("t4", 4, 8, 1, 
             ("t4", 4, 8, 1, 32), ("t4", 4, 8, 1, 48), ("t4", 4, 8, 1, 64), ("t4", 16, 4, 1, 32), ("t4", 8, 8, 1, 32)]
 
 
-# Knobs read by the candidate lists and group counts: part of the memo key below, so a changed
-# environment (tests, sweeps) gets fresh lists while repeated calls skip rebuilding them.
-_KNOBS = ("LONGSEQ_SCAN_FWD_CFGS", "LONGSEQ_SCAN_FWD_TRAIN_CFGS", "LONGSEQ_SCAN_BWD_CFGS", "TRITON_INTERPRET",
-          "LONGSEQ_SCAN_GROUPS", "LONGSEQ_SCAN_BWD_GROUPS")
+# Knobs read by the candidate lists and group counts: part of the memo keys below, so a changed
+# environment (tests, sweeps) gets fresh lists while repeated calls skip rebuilding them. Each list
+# reads only its own (every environment read costs ~1 us of host time per call).
+_FWD_KNOBS = ("LONGSEQ_SCAN_FWD_CFGS", "LONGSEQ_SCAN_FWD_TRAIN_CFGS", "TRITON_INTERPRET", "LONGSEQ_SCAN_GROUPS")
+_BWD_KNOBS = ("LONGSEQ_SCAN_BWD_CFGS", "TRITON_INTERPRET", "LONGSEQ_SCAN_BWD_GROUPS")
 _CANDS: dict = {}
 
 
 def _fwd_candidates(batch, dim, seqlen, groups, dev, save_states, NP):
-    key = ("fwd", batch, dim, seqlen, groups, str(dev), save_states, NP) + tuple(os.environ.get(k) for k in _KNOBS)
+    key = ("fwd", batch, dim, seqlen, groups, dev, save_states, NP) + tuple(map(os.environ.get, _FWD_KNOBS))
     cands = _CANDS.get(key)
     if cands is None:
         if save_states:
@@ -173,7 +175,7 @@ def _fwd_candidates(batch, dim, seqlen, groups, dev, save_states, NP):
 
 
 def _bwd_candidates(batch, dim, nsaved, groups, dev, NP):
-    key = ("bwd", batch, dim, nsaved, groups, str(dev), NP) + tuple(os.environ.get(k) for k in _KNOBS)
+    key = ("bwd", batch, dim, nsaved, groups, dev, NP) + tuple(map(os.environ.get, _BWD_KNOBS))
     cands = _CANDS.get(key)
     if cands is None:
         cands = _candidates(dim, groups, BWD_CFGS, "bwd", NP)
@@ -189,7 +191,7 @@ def deterministic() -> bool:
 
 
 def _strides3(t):
-    return t.stride(0), t.stride(1), t.stride(2)
+    return t.stride()     # a (batch, dim, seqlen) tensor's three strides, in one call
 
 
 def _strides_bc(t, groups):
@@ -253,10 +255,10 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, save_stat
             hsum = torch.empty((G, batch, dim, dstate), device=dev, dtype=torch.float32)
             ssum = torch.empty((G, batch, dim), device=dev, dtype=torch.float32)
             # the last group's summary is never read: pass 1 runs groups 0 .. G-2 only
-            COMPILED[name + "_pass1"] = scan_fwd_t4_kernel[grid + (G - 1,)](
+            COMPILED[name + "_pass1"] = launch(scan_fwd_t4_kernel, grid + (G - 1,),
                 *args_in, y, yp, states, last, hsum, ssum, dim, seqlen, dstate, per, nchunks, cpp, *strides,
                 SUMMARY=True, GROUPED=False, **dict(t4, SAVE_STATES=False, SAVE_YPRE=False))
-        COMPILED[name] = scan_fwd_t4_kernel[grid + (G,)](
+        COMPILED[name] = launch(scan_fwd_t4_kernel, grid + (G,),
             *args_in, y, yp, states, last, hsum, ssum, dim, seqlen, dstate, per, nchunks, cpp, *strides,
             SUMMARY=False, GROUPED=G > 1, **t4)
         return states, ypre
@@ -305,6 +307,11 @@ def _n_bwd_groups(programs: int, nsaved: int, per_sm: int, dev) -> int:
     return max(1, min(cdiv(per_sm * sms, programs), nsaved // MIN_BWD_GROUP_WINDOWS))
 
 
+def _as(t, dtype):
+    # t in dtype; skips the call when it already is (a no-op .to() still costs host time)
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _bucket(n: int) -> int:
     return _pow2(n)
 
@@ -331,14 +338,14 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
         wpg = cdiv(nsaved, G)
         G = cdiv(nsaved, wpg)
         K = cdiv(dim, bd) if det else groups
-        gB = bufs.get(("B", K))
-        if gB is None:
-            gB = bufs[("B", K)] = torch.empty((batch, K, dstate, seqlen), device=dev, dtype=torch.float32)
-            bufs[("C", K)] = torch.empty_like(gB)
-        gC = bufs[("C", K)]
+        # dB and dC (per group; deterministic: per program, summed below) in one buffer, zeroed at
+        # once for the atomic adds (fewer small torch calls: each costs host time)
+        gBC = bufs.get(K)
+        if gBC is None:
+            gBC = bufs[K] = torch.empty((2, batch, K, dstate, seqlen), device=dev, dtype=torch.float32)
         if not det:
-            gB.zero_()
-            gC.zero_()
+            gBC.zero_()
+        gB, gC = gBC.unbind(0)
         # per-channel sums: one row per (sequence group, batch), summed below
         dA_p = torch.empty((G * batch, dim, dstate), device=dev, dtype=torch.float32)
         dD_p = torch.empty((G * batch, dim), device=dev, dtype=torch.float32)
@@ -352,7 +359,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
             # 16-step chunks, whatever the backward's (its group edges are window edges, and it
             # needs none of the backward's dB/dC reduction over channels that picks those)
             sbd = min(SUMMARY_BD, bd)
-            COMPILED["scan_bwd_pass1"] = scan_bwd_t4_summary_kernel[(cdiv(dim, sbd), batch, G - 1)](
+            COMPILED["scan_bwd_pass1"] = launch(scan_bwd_t4_summary_kernel, (cdiv(dim, sbd), batch, G - 1),
                 delta, A, C, z if z is not None else dummy, delta_bias if delta_bias is not None else dummy, dout,
                 esum, ssum, dim, seqlen, dstate, per, nsaved, wpg,
                 *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides_bc(C, groups),
@@ -360,7 +367,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
                 BD=sbd, NP=NP, BL=SUMMARY_BL, NR=min(4, NP), WIN=SAVE_CHUNK, HAS_Z=z is not None,
                 HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), CHAN_AXIS=chan_axis("bwd", 1),
                 **launch_options(1))
-        COMPILED["scan_bwd"] = scan_bwd_t4_kernel[grid](
+        COMPILED["scan_bwd"] = launch(scan_bwd_t4_kernel, grid,
             u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, states, dout, dlast if dlast is not None else dummy,
             ypre if ypre is not None else dummy,
@@ -388,9 +395,9 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
         else:
             gB = gB.reshape(batch, groups, K // groups, dstate, seqlen).sum(2)
             gC = gC.reshape(batch, groups, K // groups, dstate, seqlen).sum(2)
-    dB = gB.reshape(B.shape).to(B.dtype) if need[3] else None
-    dC = gC.reshape(C.shape).to(C.dtype) if need[4] else None
-    dA = dA_p.sum(0).to(A.dtype)
+    dB = _as(gB.reshape(B.shape), B.dtype) if need[3] else None
+    dC = _as(gC.reshape(C.shape), C.dtype) if need[4] else None
+    dA = dA_p.sum(0)
     dD = dD_p.sum(0) if D is not None else None
     dbias = db_p.sum(0) if delta_bias is not None else None
     return du, ddelta, dA, dB, dC, dD, (dz if z is not None else None), dbias, dinit
@@ -422,10 +429,10 @@ class SelectiveScanFn(torch.autograd.Function):
         du, ddelta, dA, dB, dC, dD, dz, dbias, dinit = _bwd(
             dy, dlast, u, delta, A, B, C, D, z, delta_bias, ctx.softplus, states, need, ypre)
         a_dt, d_dt, b_dt, i_dt = ctx.dtypes
-        return (du, ddelta, dA.to(a_dt), dB, dC,
-                None if dD is None else dD.to(d_dt), dz,
-                None if dbias is None else dbias.to(b_dt), None, None,
-                dinit.to(i_dt) if ctx.has_init else None)
+        return (du, ddelta, _as(dA, a_dt), dB, dC,
+                None if dD is None else _as(dD, d_dt), dz,
+                None if dbias is None else _as(dbias, b_dt), None, None,
+                _as(dinit, i_dt) if ctx.has_init else None)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

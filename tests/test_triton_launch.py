@@ -1,0 +1,86 @@
+"""The direct kernel launches (longseq.kernels.triton_launch): what can be checked without a GPU.
+
+The launches themselves run on the device (tests/test_gpu_kernels.py: every GPU test goes through
+them, and two tests check that they are taken, that they match Triton's own launches bitwise and
+that a misaligned tensor gets its own compiled kernel)."""
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+from longseq.kernels import triton_launch as TL  # noqa: E402
+
+
+def test_direct_launch_only_for_the_tritons_whose_launcher_we_read():
+    for v in ("3.6.0", "3.7.1", "3.8.0", "3.9.0", "3.9.1+git"):
+        assert TL.direct_launch_supported(v), v
+    for v in ("3.5.1", "3.10.0", "4.0.0", "2.3.1"):
+        assert not TL.direct_launch_supported(v), v
+
+
+def test_argument_key_separates_what_triton_specialises_on():
+    buf = torch.zeros(64, dtype=torch.float32)
+    aligned, misaligned = buf[:32], buf[1:33]           # 4 bytes off a 16-byte boundary
+    assert aligned.data_ptr() % 16 == 0 and misaligned.data_ptr() % 16 != 0
+    def key(args):
+        return TL._args_key(args)[0]
+    assert key((aligned, 3)) != key((misaligned, 3))                 # alignment
+    assert key((aligned, 3)) != key((aligned.to(torch.bfloat16), 3))  # dtype
+    assert key((aligned, 3)) != key((aligned, 4))                    # integer values, exactly
+    assert key((aligned, 1)) != key((aligned, True))                 # a bool is not the integer 1
+    assert key((aligned, 1)) != key((aligned, 1.0))                  # nor is a float
+    assert key((aligned, 16)) == key((buf[4:36], 16))                # another aligned tensor: same kernel
+    assert key((None, 2.5)) == key((None, 2.5))
+    # what the launcher gets: addresses for tensors, the rest as given
+    assert TL._args_key((aligned, 3, None))[1] == [aligned.data_ptr(), 3, None]
+
+
+def test_trailing_arguments_in_signature_order_with_defaults():
+    # a JITFunction made directly, so that TRITON_INTERPRET (CI) does not turn it into an interpreted one
+    import triton.language as tl
+
+    def k(x_ptr, n, A: tl.constexpr, B: tl.constexpr = 3, C: tl.constexpr = None):
+        pass
+    kernel = JITFunction(k)
+    assert TL._trailing(kernel, 2, {"C": 5, "A": 1, "num_warps": 4}) == (1, 3, 5)
+    assert TL._trailing(kernel, 3, {}) == (3, None)
+    with pytest.raises(TypeError, match="'A'"):
+        TL._trailing(kernel, 2, {"B": 1})
+
+
+def test_direct_launch_off_by_request_and_with_launch_hooks(monkeypatch):
+    monkeypatch.delenv("LONGSEQ_TRITON_LAUNCH", raising=False)
+    assert TL.direct() == TL._SUPPORTED
+    monkeypatch.setenv("LONGSEQ_TRITON_LAUNCH", "triton")
+    assert not TL.direct()
+    monkeypatch.delenv("LONGSEQ_TRITON_LAUNCH")
+    hooks = triton.knobs.runtime.launch_enter_hook
+
+    def hook(metadata):
+        pass
+    if hasattr(hooks, "add"):      # a HookChain (Triton 3.6 on)
+        hooks.add(hook)
+        try:
+            assert not TL.direct()     # a profiler's hook needs Triton's own launch (it gets the metadata)
+        finally:
+            hooks.remove(hook)
+    else:
+        monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", hook)
+        assert not TL.direct()
+    assert TL.direct() == TL._SUPPORTED
+
+
+def test_launch_under_the_interpreter_runs_the_kernel(monkeypatch):
+    """An interpreted kernel (TRITON_INTERPRET=1, how CI runs every kernel test) is no JITFunction:
+    launch() calls kernel[grid](...) for it."""
+    import triton.language as tl
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    def add_one(x_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) + 1, mask=offs < n)
+    x = torch.arange(10, dtype=torch.float32)
+    TL.launch(InterpretedFunction(add_one), (3,), x, 10, BLOCK=4)
+    assert torch.equal(x, torch.arange(10, dtype=torch.float32) + 1)
