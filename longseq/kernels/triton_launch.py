@@ -3,8 +3,9 @@
 On every call, Triton's ``JITFunction.run`` binds the arguments to the signature, specialises each
 one (dtype, 16-byte alignment, integer range, ``== 1``), builds a cache key from them and reads
 several settings from the environment before it launches. For the scan's kernels, with about 70
-arguments, that is 100-140 us of host time per launch on the H100's host
-(``benchmarks/profile_host.py``), as long as the GPU takes for a whole small scan.
+arguments, that is 140-190 us of host time per launch on the H100's host (Triton 3.6 and 3.9;
+``benchmarks/profile_host.py``, kernel notes v20), as long as the GPU takes for a whole small scan.
+The direct path below takes ~93 us, half of it in Triton's own launcher.
 
 :func:`launch` keeps the compiled kernel of each distinct call in a dictionary keyed by what decides
 Triton's specialisation and more (each tensor's dtype and alignment, each other argument's exact
