@@ -27,11 +27,12 @@ import torch
 import triton
 from triton.runtime.jit import JITFunction
 
+from .triton_tune import minor_version
+
 
 def direct_launch_supported(version: str) -> bool:
     """Whether this Triton's launcher takes the calling convention :func:`launch` uses (3.6 - 3.9)."""
-    major, minor = (int(x) for x in version.split(".")[:2])
-    return (3, 6) <= (major, minor) <= (3, 9)
+    return (3, 6) <= minor_version(version) <= (3, 9)
 
 
 _SUPPORTED = direct_launch_supported(triton.__version__)

@@ -8,7 +8,7 @@ import triton
 
 from . import triton_tune
 from .triton_launch import launch
-from .triton_tune import cdiv, launch_options, sm_count
+from .triton_tune import cdiv, launch_options, minor_version, sm_count
 from .checks import check_selective_scan_args
 from .triton_scan import scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fwd_t4_kernel
 
@@ -16,8 +16,7 @@ from .triton_scan import scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fw
 def ascending_ties(version: str) -> bool:
     """Whether this Triton's coalescing pass breaks contiguity ties by ascending dim index (up to 3.6;
     later ones: descending). It decides which tile axis gets the lanes first (triton_scan._chan4)."""
-    major, minor = (int(x) for x in version.split(".")[:2])
-    return (major, minor) <= (3, 6)
+    return minor_version(version) <= (3, 6)
 
 
 _ASCENDING_TIES = ascending_ties(triton.__version__)

@@ -60,6 +60,12 @@ def launch_options(num_warps: int) -> dict:
     return {"num_warps": num_warps, "enable_fp_fusion": True}
 
 
+def minor_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a version string such as Triton's: "3.9.1+git" -> (3, 9)."""
+    major, minor = (int(x) for x in version.split(".")[:2])
+    return major, minor
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
