@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import longseq  # noqa: E402
@@ -181,12 +182,17 @@ def main(argv=None):
                     run = lambda: generate(model, prompt, n, temperature=args.temperature, top_p=args.top_p,  # noqa: E731
                                            seed=0,
                                            allowed_tokens=allowed, progress=False, **kw)
+                    if kw.get("compile"):
+                        torch._dynamo.reset()        # each compile row compiles anew and counts its breaks
+                        counters.clear()
                     warm = timed(run, 1, device)[0]  # compilation, autotuning, graph capture paths
                     times = timed(run, reps, device)
                     med = statistics.median(times)
                     row = {"model": kind, "method": name, "batch": batch, "prompt": prompt.shape[1],
                            "new_tokens": n, "seconds_median": med, "seconds_all": times, "first_call_s": warm,
                            "tokens_per_s": batch * n / med}
+                    if kw.get("compile"):    # a break splits the step's graph (kernel notes v21)
+                        row["graph_breaks"] = dict(counters["graph_break"])
                     if kind == "audio":
                         row["samples_per_s_per_stream"] = n / med
                         row["real_time_factor"] = med / (n / SAMPLE_RATE)  # < 1: faster than real time

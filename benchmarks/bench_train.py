@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                       # CUDA: 2^12 .. 2^20 tokens per sequence, bf16
     python benchmarks/bench_train.py --device cpu --lengths 8,10 --steps 2   # smoke run
+    python benchmarks/bench_train.py --compile --lengths 12,16     # both models through torch.compile
 
 One training step = forward + cross-entropy + backward + AdamW step, under bf16 autocast on CUDA
 (fp32 on CPU), on batches of real DNA: random windows of the bundled E. coli K-12 genome, read
@@ -98,6 +99,8 @@ def run_length(kind: str, L: int, batch: int, genome: torch.Tensor, args, device
     model = None
     try:
         model = make_model(kind, args, L, device)
+        # compiled: the first (warm-up) step compiles; the Mamba kernels enter as custom operators
+        forward = torch.compile(model) if args.compile else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
         g = torch.Generator().manual_seed(L)
         amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -110,7 +113,7 @@ def run_length(kind: str, L: int, batch: int, genome: torch.Tensor, args, device
             win = torch.stack([genome[s:s + L + 1] for s in starts.tolist()]).long().to(device, non_blocking=True)
             t0 = time.perf_counter()
             with amp:
-                logits = model(win[:, :-1])
+                logits = forward(win[:, :-1])
             loss = F.cross_entropy(logits.float().flatten(0, 1), win[:, 1:].flatten())
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -150,6 +153,7 @@ def main(argv=None):
     p.add_argument("--models", default="mamba,transformer")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="run each model through torch.compile (inductor)")
     p.add_argument("--max-step-seconds", type=float, default=20.0)
     p.add_argument("--out", default=None, help="JSON path (default docs/benchmarks/train_<device>.json)")
     args = p.parse_args(argv)
@@ -204,7 +208,7 @@ def save(rows, args, name, backend, device) -> dict:
     result = {"benchmark": "train_step", "device": name, "backend": backend, "torch": torch.__version__,
               "triton": _version("triton"), "cuda": torch.version.cuda, "python": platform.python_version(),
               "commit": commit or None, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-              "precision": "bf16-mixed" if device.type == "cuda" else "fp32",
+              "precision": "bf16-mixed" if device.type == "cuda" else "fp32", "compiled": args.compile,
               "model": {"d_model": args.d_model, "n_layer": args.n_layer, "d_state": args.d_state},
               "warmup_steps": args.warmup, "timed_steps": args.steps, "data": str(GENOME.relative_to(ROOT)),
               "rows": rows}
@@ -212,7 +216,8 @@ def save(rows, args, name, backend, device) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     md = [f"# Training step: Mamba vs Transformer ({name}, {result['precision']})", "",
           f"d_model {args.d_model}, n_layer {args.n_layer}, d_state {args.d_state}; scan backend `{backend}`; "
-          f"torch {torch.__version__}; {result['date_utc']} UTC; median of {args.steps} steps after {args.warmup}; "
+          f"torch {torch.__version__}{' (torch.compile)' if args.compile else ''}; {result['date_utc']} UTC; "
+          f"median of {args.steps} steps after {args.warmup}; "
           "one training step = forward, loss, backward, AdamW.", "",
           "| model | seq_len | batch | step (ms) | tokens/s | peak memory (GiB) | note |",
           "|---|---:|---:|---:|---:|---:|---|"]

@@ -604,9 +604,9 @@ class AudioPipeline(_LMPipeline):
         is not repeated in the output. num_samples > 1 returns a batch (num_samples, samples).
         callback(chunk) receives each new stretch of waveform (batch, k) as it is made (streaming).
         Returns ``Audio(waveform, sample_rate)``; ``.save("out.wav")`` writes it.
-        compile: run the decoding step through torch.compile (fused kernels). On an H100 the demo
-        model then generates faster than real time at batch 1 (see docs/benchmarks/generate.md);
-        the first call pays ~10-15 s of compilation.
+        compile: run the decoding step through torch.compile (see ``longseq.generation.generate``).
+        The default engine already generates faster than real time at batch 1 on an H100 (demo
+        model); compiling does not make that faster (docs/benchmarks/generate.md).
         """
         if n_samples is None:
             if seconds is None or not (isinstance(seconds, (int, float)) and seconds > 0):

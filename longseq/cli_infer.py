@@ -57,7 +57,7 @@ def main_generate(argv=None) -> int:
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the decoding step: faster for long generations, ~15 s to compile")
+                        help="torch.compile the decoding step (a few seconds to compile; on an H100 no faster than the default engine for the demo models)")
     args = parser.parse_args(argv)
 
     from .api import AudioPipeline, ClassifierPipeline, read_fasta

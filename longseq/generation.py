@@ -225,8 +225,10 @@ def generate(model, prompt_ids: torch.Tensor, n: int, *, prompt_lengths=None, te
     callback: called with each new block of tokens (batch, k) as it is produced (streaming).
     progress: tqdm bar (None = only for long generations). cuda_graph: capture the decoding
     block as a CUDA graph (None = on CUDA). block: steps per graph replay / callback.
-    compile: run the step through ``torch.compile`` (fewer, fused kernels: worth its compile time,
-    tens of seconds, for long generations with small models, e.g. audio at batch 1).
+    compile: run the step through ``torch.compile``: inductor fuses the step's small PyTorch ops
+    around the fused kernels (custom operators, no graph break). A few seconds of compilation; on an
+    H100 the demo audio model's step was no faster than the default engine's (RTF 0.61 vs 0.57,
+    docs/benchmarks/generate.md), so it is off by default.
     """
     _check_model(model)
     params = SamplingParams(float(temperature), top_k, float(top_p))

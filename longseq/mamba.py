@@ -136,7 +136,7 @@ class Mamba(nn.Module):
         counter (it moves with every in-place update, e.g. an optimiser step) and storage. With
         gradients enabled A is computed afresh, so training through ``step`` still reaches A_log.
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():   # compiled: fused into the step
             return -torch.exp(self.A_log.float())
         key = (self.A_log._version, self.A_log.data_ptr(), self.A_log.device)
         if self._A_cache is None or self._A_cache[0] != key:

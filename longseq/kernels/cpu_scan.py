@@ -478,6 +478,9 @@ class _SelectiveScanCPU(torch.autograd.Function):
                 None if initial_state is None else g["dh0"].to(initial_state.dtype))
 
 
+# torch.compile cannot trace numba kernels (Dynamo fails inside this autograd Function): a
+# compiled model runs the CPU scan eagerly, with one graph break around it
+@torch.compiler.disable
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False, initial_state=None):
     """The selective scan on CPU tensors with the compiled kernels; arguments as ``selective_scan``.

@@ -7,23 +7,30 @@ chunked pure-PyTorch scan for tensors on other devices. ``LONGSEQ_SCAN_BACKEND``
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
 import torch
 
-from . import reference
+from . import custom_ops, reference
 
 BACKENDS = ("triton", "reference")
 
 
-@functools.lru_cache(maxsize=None)
+# looked up once at import: torch.compile cannot trace importlib (a graph break per call otherwise)
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
+_AVAILABLE: list = []      # the answer, once known
+
+
+@torch.compiler.assume_constant_result    # torch.compile: called, not traced
 def triton_available() -> bool:
     """True when Triton imports and can run here (a CUDA device, or TRITON_INTERPRET=1)."""
-    if importlib.util.find_spec("triton") is None:
-        return False
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    if not _AVAILABLE:
+        _AVAILABLE.append(_TRITON_INSTALLED and (torch.cuda.is_available()
+                                                 or os.environ.get("TRITON_INTERPRET") == "1"))
+    return _AVAILABLE[0]
 
 
 def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
@@ -41,6 +48,10 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
 
 
 def _triton():
+    """The Triton wrappers; while torch.compile traces, the same through custom operators (one
+    opaque node per kernel call in the compiled graph; ``custom_ops``)."""
+    if torch.compiler.is_compiling():
+        return custom_ops
     # Imported lazily: importing Triton costs ~1 s and CPU-only users never need it.
     from . import triton_ops
     return triton_ops

@@ -42,54 +42,64 @@ def _conv_launch(x, weight, bias, init, out, dy, silu, grad):
         SILU=silu, GRAD=grad, **launch_options(4))
 
 
+def conv_forward(x, weight, bias, init, silu: bool):
+    """The causal conv (SiLU fused if ``silu``) of x (batch, dim, seqlen); ``init`` the W-1 inputs
+    before it or None. Returns y in x's dtype."""
+    y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    _conv_launch(x, weight.contiguous(), bias, init, y, None, silu, False)
+    return y
+
+
+def conv_backward(dy, x, weight, bias, init, silu: bool, need_dinit: bool):
+    """(dx, dweight, dbias or None, dinit or None) of :func:`conv_forward` for the output gradient dy."""
+    weight_c = weight.contiguous()
+    batch, dim, seqlen = x.shape
+    W = weight.shape[1]
+    g = torch.empty((batch, dim, seqlen), device=x.device, dtype=torch.float32)
+    _conv_launch(x, weight_c, bias, init, g, dy, silu, True)
+    nblocks = cdiv(seqlen, _CONV_BL)
+    dx = torch.empty((batch, dim, seqlen), device=x.device, dtype=x.dtype)
+    dw_p = torch.empty((batch, nblocks, dim, W), device=x.device, dtype=torch.float32)
+    db_p = torch.empty((batch, nblocks, dim), device=x.device, dtype=torch.float32)
+    dummy = x
+    grid = (nblocks, cdiv(dim, _CONV_BD), batch)
+    launch(conv_bwd_kernel, grid,
+        g, x, weight_c, init if init is not None else dummy, dx, dw_p, db_p,
+        dim, seqlen, nblocks, *x.stride(), *(init.stride() if init is not None else (0, 0, 0)), *dx.stride(),
+        W=W, BD=_CONV_BD, BL=_CONV_BL, HAS_INIT=init is not None, **launch_options(4))
+    dw = dw_p.sum((0, 1)).to(weight.dtype)
+    db = db_p.sum((0, 1)).to(bias.dtype) if bias is not None else None
+    dinit = None
+    if init is not None and need_dinit:
+        # dinit[j] (time j - (W-1)) = sum_{k <= j} w[k] g[j - k]
+        gw = g[..., : W - 1]
+        dinit = torch.zeros(init.shape, device=x.device, dtype=torch.float32)
+        for j in range(W - 1):
+            for k in range(j + 1):
+                if j - k < seqlen:
+                    dinit[..., j] += weight_c[:, k].float() * gw[..., j - k]
+        dinit = dinit.to(init.dtype)
+    return dx, dw, db, dinit
+
+
 class CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, init, silu):
-        weight_c = weight.contiguous()
-        y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-        _conv_launch(x, weight_c, bias, init, y, None, silu, False)
-        ctx.save_for_backward(x, weight_c, bias, init)
+        ctx.save_for_backward(x, weight, bias, init)
         ctx.silu = silu
-        ctx.wdtype = weight.dtype
-        return y
+        return conv_forward(x, weight, bias, init, silu)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias, init = ctx.saved_tensors
-        batch, dim, seqlen = x.shape
-        W = weight.shape[1]
-        g = torch.empty((batch, dim, seqlen), device=x.device, dtype=torch.float32)
-        _conv_launch(x, weight, bias, init, g, dy, ctx.silu, True)
-        nblocks = cdiv(seqlen, _CONV_BL)
-        dx = torch.empty((batch, dim, seqlen), device=x.device, dtype=x.dtype)
-        dw_p = torch.empty((batch, nblocks, dim, W), device=x.device, dtype=torch.float32)
-        db_p = torch.empty((batch, nblocks, dim), device=x.device, dtype=torch.float32)
-        dummy = x
-        grid = (nblocks, cdiv(dim, _CONV_BD), batch)
-        launch(conv_bwd_kernel, grid,
-            g, x, weight, init if init is not None else dummy, dx, dw_p, db_p,
-            dim, seqlen, nblocks, *x.stride(), *(init.stride() if init is not None else (0, 0, 0)), *dx.stride(),
-            W=W, BD=_CONV_BD, BL=_CONV_BL, HAS_INIT=init is not None, **launch_options(4))
-        dw = dw_p.sum((0, 1)).to(ctx.wdtype)
-        db = db_p.sum((0, 1)).to(bias.dtype) if bias is not None else None
-        dinit = None
-        if init is not None and ctx.needs_input_grad[3]:
-            # dinit[j] (time j - (W-1)) = sum_{k <= j} w[k] g[j - k]
-            gw = g[..., : W - 1]
-            dinit = torch.zeros(init.shape, device=x.device, dtype=torch.float32)
-            for j in range(W - 1):
-                for k in range(j + 1):
-                    if j - k < seqlen:
-                        dinit[..., j] += weight[:, k].float() * gw[..., j - k]
-            dinit = dinit.to(init.dtype)
-        return dx, dw, db, dinit, None
+        return (*conv_backward(dy, x, weight, bias, init, ctx.silu, ctx.needs_input_grad[3]), None)
 
 
-def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
-    """Depthwise causal conv1d; same contract as :func:`longseq.kernels.reference.causal_conv1d_ref`."""
+def check_conv_args(x, weight, bias, activation, initial_state):
+    """Raises for arguments the conv kernels cannot take (the reference's checks for the basics)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 3 or not isinstance(weight, torch.Tensor) \
             or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        return causal_conv1d_ref(x, weight, bias, activation, initial_state, return_final_state)  # raises
+        causal_conv1d_ref(x, weight, bias, activation, initial_state)  # raises
     batch, dim, seqlen = x.shape
     W = weight.shape[1]
     check_tensor("causal_conv1d", "weight", weight, (dim, W), x.device, shape_doc="(dim, width)")
@@ -100,18 +110,27 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, ret
     if initial_state is not None:
         check_tensor("causal_conv1d", "initial_state", initial_state, (batch, dim, W - 1), x.device,
                      shape_doc="(batch, dim, width - 1)")
+
+
+def conv_final_state(x, W, initial_state):
+    """The last W-1 inputs of cat(initial_state, x), by autograd-tracked slicing (no full copy)."""
+    batch, dim, seqlen = x.shape
+    if W == 1:
+        return x[..., :0]
+    if seqlen >= W - 1:
+        return x[..., seqlen - (W - 1):]
+    init = initial_state if initial_state is not None else x.new_zeros(batch, dim, W - 1)
+    return torch.cat([init.to(x.dtype)[..., seqlen:], x], dim=-1)
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
+    """Depthwise causal conv1d; same contract as :func:`longseq.kernels.reference.causal_conv1d_ref`."""
+    check_conv_args(x, weight, bias, activation, initial_state)
+    W = weight.shape[1]
     y = CausalConv1dFn.apply(x, weight, bias, initial_state if W > 1 else None, activation is not None)
     if not return_final_state:
         return y
-    # the last W-1 inputs of cat(initial_state, x), by autograd-tracked slicing (no full copy)
-    if W == 1:
-        final = x[..., :0]
-    elif seqlen >= W - 1:
-        final = x[..., seqlen - (W - 1):]
-    else:
-        init = initial_state if initial_state is not None else x.new_zeros(batch, dim, W - 1)
-        final = torch.cat([init.to(x.dtype)[..., seqlen:], x], dim=-1)
-    return y, final
+    return y, conv_final_state(x, W, initial_state)
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
@@ -131,8 +150,8 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
 
 # ----------------------------------------------------------------------------- state update
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
-    """One decoding step in place on ``state`` (batch, dim, dstate); returns y (batch, dim)."""
+def check_state_update_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None):
+    """Raises for arguments the decoding-step kernel cannot take."""
     if state.dim() != 3:
         raise ValueError(f"selective_state_update: argument 'state' must be (batch, dim, dstate); got {tuple(state.shape)}")
     batch, dim, dstate = state.shape
@@ -152,6 +171,14 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     for name, t in (("D", D), ("dt_bias", dt_bias)):
         if t is not None:
             check_tensor(fn, name, t, (dim,), dev, shape_doc="(dim,)")
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One decoding step in place on ``state`` (batch, dim, dstate); returns y (batch, dim)."""
+    check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
+    batch, dim, dstate = state.shape
+    dev = state.device
+    groups = 1 if B.dim() == 2 else B.shape[1]
     A = A.float().contiguous()
     y = torch.empty((batch, dim), device=dev, dtype=x.dtype)
     bs = (B.stride(0), 0, B.stride(1)) if B.dim() == 2 else B.stride()
@@ -175,66 +202,80 @@ def _rows(t, H):
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
+def rms_forward(x, weight, residual, eps: float, prenorm: bool, residual_in_fp32: bool):
+    """(y, s or None, rstd): the normalised rows of ``x + residual`` in x's shape and dtype, the sum
+    itself when ``prenorm``, and each row's 1 / rms (float32, for the backward)."""
+    H = x.shape[-1]
+    x2 = _rows(x, H)
+    r2 = _rows(residual, H) if residual is not None else None
+    M = x2.shape[0]
+    y = torch.empty((M, H), device=x.device, dtype=x.dtype)
+    sdt = torch.float32 if residual_in_fp32 else x.dtype
+    s = torch.empty((M, H), device=x.device, dtype=sdt) if prenorm else y
+    rstd = torch.empty((M,), device=x.device, dtype=torch.float32)
+    BH = _pow2(H)
+    if M:
+        launch(rms_fwd_kernel, (M,),
+            x2, r2 if r2 is not None else x2, weight, y, s, rstd, H, float(eps),
+            x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0), s.stride(0),
+            BH=BH, HAS_RES=r2 is not None, STORE_S=bool(prenorm), **launch_options(min(16, max(1, BH // 256))))
+    return y.reshape(x.shape), (s.reshape(x.shape) if prenorm else None), rstd
+
+
+def rms_backward(dy, ds_in, x, weight, residual, rstd):
+    """(dx, dweight, dresidual or None) of :func:`rms_forward` for the gradients of y and of s (None
+    when s was not returned or not used)."""
+    H = x.shape[-1]
+    x2 = _rows(x, H)
+    r2 = _rows(residual, H) if residual is not None else None
+    M = x2.shape[0]
+    dev = x2.device
+    if dy is None:
+        dy = torch.zeros(x.shape, device=dev, dtype=x2.dtype)
+    dy2 = _rows(dy, H)
+    ds2 = _rows(ds_in, H) if ds_in is not None else None
+    dx = torch.empty((M, H), device=dev, dtype=x2.dtype)
+    dres = torch.empty((M, H), device=dev, dtype=residual.dtype) if r2 is not None else dx
+    nprog = max(1, min(M, 4 * sm_count(dev, cpu=2)))
+    dw_p = torch.empty((nprog, H), device=dev, dtype=torch.float32)
+    BH = _pow2(H)
+    if M:
+        launch(rms_bwd_kernel, (nprog,),
+            x2, r2 if r2 is not None else x2, weight, rstd, dy2, ds2 if ds2 is not None else dy2, dx, dres, dw_p,
+            M, H, x2.stride(0), r2.stride(0) if r2 is not None else 0, dy2.stride(0),
+            ds2.stride(0) if ds2 is not None else 0, dx.stride(0), dres.stride(0),
+            BH=BH, HAS_RES=r2 is not None, HAS_DS_IN=ds2 is not None, STORE_DRES=r2 is not None,
+            **launch_options(min(16, max(1, BH // 256))))
+    else:
+        dw_p.zero_()
+    dw = dw_p.sum(0).to(weight.dtype)
+    return dx.reshape(x.shape), dw, (dres.reshape(x.shape) if r2 is not None else None)
+
+
 class RMSNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, residual, eps, prenorm, residual_in_fp32):
-        H = x.shape[-1]
-        x2 = _rows(x, H)
-        r2 = _rows(residual, H) if residual is not None else None
-        M = x2.shape[0]
-        y = torch.empty((M, H), device=x.device, dtype=x.dtype)
-        sdt = torch.float32 if residual_in_fp32 else x.dtype
-        s = torch.empty((M, H), device=x.device, dtype=sdt) if prenorm else y
-        rstd = torch.empty((M,), device=x.device, dtype=torch.float32)
-        BH = _pow2(H)
-        if M:
-            launch(rms_fwd_kernel, (M,),
-                x2, r2 if r2 is not None else x2, weight, y, s, rstd, H, float(eps),
-                x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0), s.stride(0),
-                BH=BH, HAS_RES=r2 is not None, STORE_S=bool(prenorm), **launch_options(min(16, max(1, BH // 256))))
-        ctx.save_for_backward(x2, r2, weight, rstd)
-        ctx.shape = x.shape
-        ctx.res_dtype = None if residual is None else residual.dtype
-        ctx.prenorm = prenorm
-        y = y.reshape(x.shape)
-        if prenorm:
-            return y, s.reshape(x.shape)
-        return y
+        y, s, rstd = rms_forward(x, weight, residual, eps, prenorm, residual_in_fp32)
+        ctx.save_for_backward(x, weight, residual, rstd)
+        return (y, s) if prenorm else y
 
     @staticmethod
     def backward(ctx, dy, ds_in=None):
-        x2, r2, weight, rstd = ctx.saved_tensors
-        M, H = x2.shape
-        dev = x2.device
-        if dy is None:
-            dy = torch.zeros(ctx.shape, device=dev, dtype=x2.dtype)
-        dy2 = _rows(dy, H)
-        ds2 = _rows(ds_in, H) if ds_in is not None else None
-        dx = torch.empty((M, H), device=dev, dtype=x2.dtype)
-        dres = torch.empty((M, H), device=dev, dtype=ctx.res_dtype) if r2 is not None else dx
-        nprog = max(1, min(M, 4 * sm_count(dev, cpu=2)))
-        dw_p = torch.empty((nprog, H), device=dev, dtype=torch.float32)
-        BH = _pow2(H)
-        if M:
-            launch(rms_bwd_kernel, (nprog,),
-                x2, r2 if r2 is not None else x2, weight, rstd, dy2, ds2 if ds2 is not None else dy2, dx, dres, dw_p,
-                M, H, x2.stride(0), r2.stride(0) if r2 is not None else 0, dy2.stride(0),
-                ds2.stride(0) if ds2 is not None else 0, dx.stride(0), dres.stride(0),
-                BH=BH, HAS_RES=r2 is not None, HAS_DS_IN=ds2 is not None, STORE_DRES=r2 is not None,
-                **launch_options(min(16, max(1, BH // 256))))
-        else:
-            dw_p.zero_()
-        dw = dw_p.sum(0).to(weight.dtype)
-        return (dx.reshape(ctx.shape), dw, dres.reshape(ctx.shape) if r2 is not None else None,
-                None, None, None)
+        x, weight, residual, rstd = ctx.saved_tensors
+        return (*rms_backward(dy, ds_in, x, weight, residual, rstd), None, None, None)
 
 
-def rms_norm(x, weight, residual=None, eps=1e-5, prenorm=False, residual_in_fp32=False):
-    """Fused (residual add +) RMSNorm; same contract as :func:`longseq.kernels.reference.rms_norm_ref`."""
+def check_rms_args(x, weight, residual):
+    """Raises for arguments the norm kernels cannot take."""
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ValueError(f"rms_norm: argument 'x' must be a tensor with a last dimension; got {x!r}")
     H = x.shape[-1]
     check_tensor("rms_norm", "weight", weight, (H,), x.device, shape_doc="(hidden,)")
     if residual is not None:
         check_tensor("rms_norm", "residual", residual, tuple(x.shape), x.device, shape_doc="x.shape")
+
+
+def rms_norm(x, weight, residual=None, eps=1e-5, prenorm=False, residual_in_fp32=False):
+    """Fused (residual add +) RMSNorm; same contract as :func:`longseq.kernels.reference.rms_norm_ref`."""
+    check_rms_args(x, weight, residual)
     return RMSNormFn.apply(x, weight, residual, eps, bool(prenorm), bool(residual_in_fp32))
