@@ -23,6 +23,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .checks import check_conv_update_args, check_selective_scan_args
+
 SAVE_CHUNK = 32   # triton_scan_op.SAVE_CHUNK (checked by a test): the training forward's saved-state stride
 
 
@@ -124,7 +126,6 @@ selective_scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup)
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, initial_state=None):
     """:func:`longseq.kernels.triton_scan_op.selective_scan` through the custom operators."""
-    from .checks import check_selective_scan_args
     check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, fn="selective_scan")
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -274,7 +275,6 @@ def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     """:func:`longseq.kernels.triton_ops.causal_conv1d_update` through its custom operator."""
-    from .checks import check_conv_update_args
     check_conv_update_args(x, conv_state, weight, bias, activation)
     return causal_conv1d_update_op(x, conv_state, weight, bias, activation is not None)
 
