@@ -7,11 +7,11 @@ Registered with ``torch.library.custom_op``, each kernel call is one opaque node
 graph: a fake implementation gives its outputs' shapes and dtypes, an autograd formula links the
 forward to its backward kernel, and inductor fuses the PyTorch work around it.
 
-Only traced code comes here (``dispatch`` checks ``torch.compiler.is_compiling()``): eager calls
-go straight to the Triton wrappers, since every custom-operator call costs dispatcher host time
-and an eager call has no graph to join. Both routes run the same functions of ``triton_ops`` and
-``triton_scan_op``. Operator bodies import Triton when they first run, so registering these
-operators (on ``import longseq``) does not.
+The Triton wrappers (``triton_ops``, ``triton_scan_op``) check their arguments, then call these
+operators while ``torch.compiler.is_compiling()`` and their own autograd Functions and launchers
+otherwise: every custom-operator call costs dispatcher host time, and an eager call has no graph
+to join. Both routes run the same forward, backward and launch functions. The operators are
+registered when the Triton wrappers are first imported.
 
 Custom operators return tensors only: an output the kernel does not produce (the saved states
 of an inference forward, a gradient nobody asked for) comes back as an empty placeholder.
@@ -22,8 +22,6 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-
-from .checks import check_conv_update_args, check_selective_scan_args
 
 SAVE_CHUNK = 32   # triton_scan_op.SAVE_CHUNK (checked by a test): the training forward's saved-state stride
 
@@ -123,19 +121,6 @@ def _scan_backward(ctx, dy, dlast, _dstates, _dypre):
 selective_scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup)
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, initial_state=None):
-    """:func:`longseq.kernels.triton_scan_op.selective_scan` through the custom operators."""
-    check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, fn="selective_scan")
-    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    y, last, _, _ = selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                                       initial_state, save)
-    if not return_last_state:
-        return y
-    return y, (last.double() if u.dtype == torch.float64 else last)
-
-
 # ----------------------------------------------------------------------------- causal conv1d
 
 @torch.library.custom_op("longseq::causal_conv1d_fwd", mutates_args=())
@@ -179,17 +164,6 @@ def _conv_backward(ctx, dy):
 
 
 causal_conv1d_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
-
-
-def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
-    """:func:`longseq.kernels.triton_ops.causal_conv1d` through the custom operators."""
-    ops = _ops()
-    ops.check_conv_args(x, weight, bias, activation, initial_state)
-    W = weight.shape[1]
-    y = causal_conv1d_fwd(x, weight, bias, initial_state if W > 1 else None, activation is not None)
-    if not return_final_state:
-        return y
-    return y, ops.conv_final_state(x, W, initial_state)
 
 
 # ----------------------------------------------------------------------------- add + RMSNorm
@@ -239,47 +213,28 @@ def _rms_backward(ctx, dy, ds, _drstd):
 rms_norm_fwd.register_autograd(_rms_backward, setup_context=_rms_setup)
 
 
-def rms_norm(x, weight, residual=None, eps=1e-5, prenorm=False, residual_in_fp32=False):
-    """:func:`longseq.kernels.triton_ops.rms_norm` through the custom operators."""
-    _ops().check_rms_args(x, weight, residual)
-    y, s, _ = rms_norm_fwd(x, weight, residual, float(eps), bool(prenorm), bool(residual_in_fp32))
-    return (y, s) if prenorm else y
-
-
 # ----------------------------------------------------------------------------- decoding steps (in place)
 
 @torch.library.custom_op("longseq::causal_conv1d_update", mutates_args=("conv_state",))
-def causal_conv1d_update_op(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor],
+def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor],
                          silu: bool) -> Tensor:
     """:func:`longseq.kernels.triton_ops.causal_conv1d_update`; advances ``conv_state`` in place."""
-    return _ops().causal_conv1d_update(x, conv_state, weight, bias, "silu" if silu else None)
+    return _ops().conv_update(x, conv_state, weight, bias, silu)
 
 
-@causal_conv1d_update_op.register_fake
+@causal_conv1d_update.register_fake
 def _(x, conv_state, weight, bias, silu):
     return x.new_empty(x.shape[:2])
 
 
 @torch.library.custom_op("longseq::selective_state_update", mutates_args=("state",))
-def selective_state_update_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                            D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
                            dt_softplus: bool) -> Tensor:
     """:func:`longseq.kernels.triton_ops.selective_state_update`; advances ``state`` in place."""
-    return _ops().selective_state_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+    return _ops().state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
-@selective_state_update_op.register_fake
+@selective_state_update.register_fake
 def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
     return x.new_empty(state.shape[:2])
-
-
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
-    """:func:`longseq.kernels.triton_ops.causal_conv1d_update` through its custom operator."""
-    check_conv_update_args(x, conv_state, weight, bias, activation)
-    return causal_conv1d_update_op(x, conv_state, weight, bias, activation is not None)
-
-
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
-    """:func:`longseq.kernels.triton_ops.selective_state_update` through its custom operator."""
-    _ops().check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
-    return selective_state_update_op(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))

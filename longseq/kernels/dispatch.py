@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from . import custom_ops, reference
+from . import reference
 
 BACKENDS = ("triton", "reference")
 
@@ -48,10 +48,6 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
 
 
 def _triton():
-    """The Triton wrappers; while torch.compile traces, the same through custom operators (one
-    opaque node per kernel call in the compiled graph; ``custom_ops``)."""
-    if torch.compiler.is_compiling():
-        return custom_ops
     # Imported lazily: importing Triton costs ~1 s and CPU-only users never need it.
     from . import triton_ops
     return triton_ops

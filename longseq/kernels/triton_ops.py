@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import custom_ops
 from .checks import check_conv_update_args, check_tensor
 from .reference import causal_conv1d_ref  # argument checks only (see _check_conv)
 from .triton_conv import conv_bwd_kernel, conv_fwd_kernel, conv_update_kernel
@@ -95,11 +96,11 @@ class CausalConv1dFn(torch.autograd.Function):
         return (*conv_backward(dy, x, weight, bias, init, ctx.silu, ctx.needs_input_grad[3]), None)
 
 
-def check_conv_args(x, weight, bias, activation, initial_state):
-    """Raises for arguments the conv kernels cannot take (the reference's checks for the basics)."""
+def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
+    """Depthwise causal conv1d; same contract as :func:`longseq.kernels.reference.causal_conv1d_ref`."""
     if not isinstance(x, torch.Tensor) or x.dim() != 3 or not isinstance(weight, torch.Tensor) \
             or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        causal_conv1d_ref(x, weight, bias, activation, initial_state)  # raises
+        return causal_conv1d_ref(x, weight, bias, activation, initial_state, return_final_state)  # raises
     batch, dim, seqlen = x.shape
     W = weight.shape[1]
     check_tensor("causal_conv1d", "weight", weight, (dim, W), x.device, shape_doc="(dim, width)")
@@ -110,27 +111,20 @@ def check_conv_args(x, weight, bias, activation, initial_state):
     if initial_state is not None:
         check_tensor("causal_conv1d", "initial_state", initial_state, (batch, dim, W - 1), x.device,
                      shape_doc="(batch, dim, width - 1)")
-
-
-def conv_final_state(x, W, initial_state):
-    """The last W-1 inputs of cat(initial_state, x), by autograd-tracked slicing (no full copy)."""
-    batch, dim, seqlen = x.shape
-    if W == 1:
-        return x[..., :0]
-    if seqlen >= W - 1:
-        return x[..., seqlen - (W - 1):]
-    init = initial_state if initial_state is not None else x.new_zeros(batch, dim, W - 1)
-    return torch.cat([init.to(x.dtype)[..., seqlen:], x], dim=-1)
-
-
-def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
-    """Depthwise causal conv1d; same contract as :func:`longseq.kernels.reference.causal_conv1d_ref`."""
-    check_conv_args(x, weight, bias, activation, initial_state)
-    W = weight.shape[1]
-    y = CausalConv1dFn.apply(x, weight, bias, initial_state if W > 1 else None, activation is not None)
+    # while torch.compile traces: the custom operator (custom_ops), one node of the compiled graph
+    conv = custom_ops.causal_conv1d_fwd if torch.compiler.is_compiling() else CausalConv1dFn.apply
+    y = conv(x, weight, bias, initial_state if W > 1 else None, activation is not None)
     if not return_final_state:
         return y
-    return y, conv_final_state(x, W, initial_state)
+    # the last W-1 inputs of cat(initial_state, x), by autograd-tracked slicing (no full copy)
+    if W == 1:
+        final = x[..., :0]
+    elif seqlen >= W - 1:
+        final = x[..., seqlen - (W - 1):]
+    else:
+        init = initial_state if initial_state is not None else x.new_zeros(batch, dim, W - 1)
+        final = torch.cat([init.to(x.dtype)[..., seqlen:], x], dim=-1)
+    return y, final
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
@@ -138,20 +132,28 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
 
     One kernel (no copies; x and the state may be strided views). Not differentiable: decoding only.
     """
-    batch, dim, W = check_conv_update_args(x, conv_state, weight, bias, activation)
+    check_conv_update_args(x, conv_state, weight, bias, activation)
+    step = custom_ops.causal_conv1d_update if torch.compiler.is_compiling() else conv_update
+    return step(x, conv_state, weight, bias, activation is not None)
+
+
+def conv_update(x, conv_state, weight, bias, silu: bool):
+    """The conv step's launch (arguments checked by :func:`causal_conv1d_update`)."""
+    batch, dim = x.shape
+    W = weight.shape[1]
     y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
     BD = min(64, _pow2(dim))
     launch(conv_update_kernel, (cdiv(dim, BD), batch),
         x, conv_state, weight.contiguous(), bias if bias is not None else y, y,
         dim, *x.stride(), *conv_state.stride(), *y.stride(),
-        W=W, WP=max(2, _pow2(W)), BD=BD, HAS_BIAS=bias is not None, SILU=activation is not None, **launch_options(4))
+        W=W, WP=max(2, _pow2(W)), BD=BD, HAS_BIAS=bias is not None, SILU=silu, **launch_options(4))
     return y
 
 
 # ----------------------------------------------------------------------------- state update
 
-def check_state_update_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None):
-    """Raises for arguments the decoding-step kernel cannot take."""
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One decoding step in place on ``state`` (batch, dim, dstate); returns y (batch, dim)."""
     if state.dim() != 3:
         raise ValueError(f"selective_state_update: argument 'state' must be (batch, dim, dstate); got {tuple(state.shape)}")
     batch, dim, dstate = state.shape
@@ -171,11 +173,12 @@ def check_state_update_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None)
     for name, t in (("D", D), ("dt_bias", dt_bias)):
         if t is not None:
             check_tensor(fn, name, t, (dim,), dev, shape_doc="(dim,)")
+    step = custom_ops.selective_state_update if torch.compiler.is_compiling() else state_update
+    return step(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
-    """One decoding step in place on ``state`` (batch, dim, dstate); returns y (batch, dim)."""
-    check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
+def state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus: bool):
+    """The decoding step's launch (arguments checked by :func:`selective_state_update`)."""
     batch, dim, dstate = state.shape
     dev = state.device
     groups = 1 if B.dim() == 2 else B.shape[1]
@@ -191,7 +194,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         dim, dstate, dim // groups, *state.stride(), *x.stride(), *dt.stride(),
         *(z.stride() if z is not None else (0, 0)), *bs, *cs, *y.stride(),
         BD=BD, NP=max(2, _pow2(dstate)), HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), **launch_options(4))
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, **launch_options(4))
     return y
 
 
@@ -265,17 +268,15 @@ class RMSNormFn(torch.autograd.Function):
         return (*rms_backward(dy, ds_in, x, weight, residual, rstd), None, None, None)
 
 
-def check_rms_args(x, weight, residual):
-    """Raises for arguments the norm kernels cannot take."""
+def rms_norm(x, weight, residual=None, eps=1e-5, prenorm=False, residual_in_fp32=False):
+    """Fused (residual add +) RMSNorm; same contract as :func:`longseq.kernels.reference.rms_norm_ref`."""
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ValueError(f"rms_norm: argument 'x' must be a tensor with a last dimension; got {x!r}")
     H = x.shape[-1]
     check_tensor("rms_norm", "weight", weight, (H,), x.device, shape_doc="(hidden,)")
     if residual is not None:
         check_tensor("rms_norm", "residual", residual, tuple(x.shape), x.device, shape_doc="x.shape")
-
-
-def rms_norm(x, weight, residual=None, eps=1e-5, prenorm=False, residual_in_fp32=False):
-    """Fused (residual add +) RMSNorm; same contract as :func:`longseq.kernels.reference.rms_norm_ref`."""
-    check_rms_args(x, weight, residual)
+    if torch.compiler.is_compiling():    # the custom operator (custom_ops), one node of the compiled graph
+        y, s, _ = custom_ops.rms_norm_fwd(x, weight, residual, float(eps), bool(prenorm), bool(residual_in_fp32))
+        return (y, s) if prenorm else y
     return RMSNormFn.apply(x, weight, residual, eps, bool(prenorm), bool(residual_in_fp32))

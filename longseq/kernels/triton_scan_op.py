@@ -6,7 +6,7 @@ import os
 import torch
 import triton
 
-from . import triton_tune
+from . import custom_ops, triton_tune
 from .triton_launch import launch
 from .triton_tune import cdiv, launch_options, minor_version, sm_count
 from .checks import check_selective_scan_args
@@ -438,8 +438,17 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    return_last_state=False, initial_state=None):
     """Fused Triton selective scan; same contract as :func:`longseq.kernels.selective_scan`."""
     check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, fn="selective_scan")
-    out = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                                bool(return_last_state), initial_state)
+    if torch.compiler.is_compiling():
+        # the custom operator (custom_ops), one node of the compiled graph; it saves states for a
+        # backward only when a gradient can be asked for, as SelectiveScanFn does
+        tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        y, last, _, _ = custom_ops.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                                      initial_state, save)
+        out = (y, last) if return_last_state else y
+    else:
+        out = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                    bool(return_last_state), initial_state)
     if return_last_state:
         y, last = out
         if u.dtype == torch.float64:
