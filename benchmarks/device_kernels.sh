@@ -4,7 +4,7 @@
 #   run(command="bash benchmarks/device_kernels.sh", carry=[".mamba_src"])
 # .mamba_src/ holds mamba_ssm 2.3.2.post1's csrc/selective_scan (from the pip sdist), built in the
 # background while the tests run, for the benchmark's comparison. Without $OUT, writes to ./device_out.
-# TRITON_PACK=.triton_pack/triton-X.tar.xz (carry .triton_pack; made by benchmarks/pack_triton.sh) runs everything on
+# TRITON_PACK=.triton_pack/triton-X.tar.xz (carry that file; made by benchmarks/pack_triton.sh) runs everything on
 # that Triton instead of the device's own.
 # Knobs: SKIP_TESTS=1, TESTS_K="pytest -k expression", TEST_WORKERS, SKIP_MAMBA=1, SKIP_BENCH=1, SWEEPCFG=1 (SWEEPCFG_ARGS), BENCH_ARGS,
 # BENCH_ENVS (below), *_TIMEOUT.
@@ -12,7 +12,10 @@ set -uo pipefail
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 if [ -n "${TRITON_PACK:-}" ]; then
+  own_ptxas=$(python3 -c 'import os, triton; print(os.path.dirname(triton.__file__))')/backends/nvidia/bin/ptxas-blackwell
   mkdir -p /tmp/triton_pack && tar xJf "$TRITON_PACK" -C /tmp/triton_pack || exit 1
+  # a pack made with NO_PTXAS=1 (benchmarks/pack_triton.sh) compiles with the device Triton's ptxas
+  [ -e /tmp/triton_pack/triton/backends/nvidia/bin/ptxas-blackwell ] || export TRITON_PTXAS_BLACKWELL_PATH=$own_ptxas
   export PYTHONPATH=$PWD:/tmp/triton_pack TRITON_CACHE_DIR=/tmp/triton_pack_cache   # ahead of site-packages' Triton
 fi
 export MAMBA_BUILD_DIR=/tmp/mamba_build MAMBA_BUILD_LOG=$OUT/mamba_build.log

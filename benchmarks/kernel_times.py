@@ -1,6 +1,6 @@
 """Per-kernel times of one selective-scan training step (CUDA only), with the SM clock seen meanwhile.
 
-    python benchmarks/kernel_times.py --batch 1 --seqlen 262144 1048576 --dtype bfloat16 [--reps 5]
+    python benchmarks/kernel_times.py --batch 1 --seqlen 262144 1048576 --dtype bfloat16 [--reps 5] [--phases bwd]
 
 Runs the inference forward, the training forward and the backward ``--reps`` times each under
 torch.profiler and prints the median time of every kernel launch (the chunk-parallel summary
@@ -63,16 +63,22 @@ def main(argv=None):
     p.add_argument("--seqlen", type=int, nargs="+", default=[262144])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--phases", nargs="+", default=["fwd", "fwd_train", "bwd"], choices=["fwd", "fwd_train", "bwd"],
+                   help="which of the step's phases to time (default: all three)")
     a = p.parse_args(argv)
     for k, (b8, b1) in CHOSEN.items():
         os.environ.setdefault(k, b1 if a.batch == 1 else b8)
     cfgs = {k: os.environ[k] for k in CHOSEN}
+    if os.environ.get("LONGSEQ_SCAN_BWD_SUMMARY"):
+        cfgs["LONGSEQ_SCAN_BWD_SUMMARY"] = os.environ["LONGSEQ_SCAN_BWD_SUMMARY"]
     log = open(os.path.join(os.environ.get("OUT", "."), "kernel_times.jsonl"), "a")
     print(torch.cuda.get_device_name(), cfgs)
     for L in a.seqlen:
         t = scan_inputs(a.batch, a.dim, L, getattr(torch, a.dtype))
         tokens = a.batch * L
         for name, fn in phases(t):
+            if name not in a.phases:
+                continue
             fn()
             torch.cuda.synchronize()
             with ClockLog() as clk, torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

@@ -100,6 +100,39 @@ def fwd_bwd_vs_float64(dtype, tol, batch, dim, seqlen, dstate, groups):
         assert rel(g, xr[k].grad) < tol, (k, rel(g, xr[k].grad))
 
 
+@pytest.mark.parametrize("workers", ["4", "1"], ids=["thread-pool", "one-by-one"])
+def test_tuner_compiles_its_candidates_before_timing_them(monkeypatch, workers):
+    """With the tuner on and nothing compiled yet, every candidate's scan kernels are compiled in the
+    tuner's thread pool (Triton's AsyncCompileMode) before any is timed, or one by one with
+    LONGSEQ_COMPILE_WORKERS=1; the tuned scan then matches float64, outputs and gradients."""
+    import threading
+
+    import triton.compiler
+    from longseq.kernels import triton_launch, triton_scan, triton_tune
+    monkeypatch.setenv("LONGSEQ_AUTOTUNE", "1")
+    monkeypatch.setenv("LONGSEQ_COMPILE_WORKERS", workers)
+    threads = []
+    compile_ = triton.compiler.compile
+
+    def counted(*a, **kw):
+        threads.append(threading.current_thread().name)
+        return compile_(*a, **kw)
+    # fresh per-device caches: nothing compiled yet, and their first use takes triton.compiler.compile,
+    # patched below, as the kernel's compile function (both restored afterwards)
+    for k in (triton_scan.scan_fwd_t4_kernel, triton_scan.scan_bwd_t4_kernel, triton_scan.scan_bwd_t4_summary_kernel):
+        monkeypatch.setattr(k, "compile", getattr(k, "compile", None), raising=False)
+        monkeypatch.setattr(k, "device_caches", type(k.device_caches)(k.create_binder))
+    monkeypatch.setattr(triton.compiler, "compile", counted)
+    monkeypatch.setattr(triton_launch, "_COMPILED", {})
+    monkeypatch.setattr(triton_tune, "_CACHE", {})
+    trials = len(triton_tune.TRIALS)
+    fwd_bwd_vs_float64(torch.bfloat16, 1e-2, 2, 40, 300, 16, None)
+    timed = [t for t in triton_tune.TRIALS[trials:] if t[3] is not None]
+    assert len(timed) >= 6 and threads          # forward and backward lists timed; kernels compiled here
+    pooled = [t for t in threads if t.startswith("longseq-compile")]
+    assert pooled == (threads if workers != "1" else [])
+
+
 def test_scan_deterministic_mode_is_bitwise_repeatable(monkeypatch):
     monkeypatch.setenv("LONGSEQ_DETERMINISTIC", "1")
     gen = torch.Generator(device=DEV).manual_seed(0)

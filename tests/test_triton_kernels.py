@@ -381,6 +381,22 @@ def test_selective_scan_chunk_parallel_backward(monkeypatch, bwd_groups, batch, 
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
 
 
+@pytest.mark.parametrize("summary,bwd_groups,seqlen", [("2:8", "3", 300), ("1:32", "4", 97)],
+                         ids=["8-step", "32-step-from-chunk-1"])
+def test_chunk_parallel_backward_summary_tiles(monkeypatch, summary, bwd_groups, seqlen):
+    """The backward's summary pass on other tiles than its default ($LONGSEQ_SCAN_BWD_SUMMARY:
+    channels, steps per chunk), down to a group that starts at chunk 1; every gradient vs float64."""
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", "t4:2:8:4")
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_GROUPS", bwd_groups)
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_SUMMARY", summary)
+    gen = torch.Generator().manual_seed(seqlen + 5)
+    t = scan_inputs(1, 4, seqlen, 16, 2, gen)
+    names = grad_names(FULL)
+    xs, xr, _, _ = scan_vs_reference(t, FULL, gen, names)
+    for k in names:
+        assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
+
+
 @pytest.mark.parametrize("chan_axis", ["1", "2"])
 @pytest.mark.parametrize("case", ["whole", "chunk-parallel"])
 def test_selective_scan_both_tile_axis_orders(monkeypatch, chan_axis, case):

@@ -84,3 +84,50 @@ def test_launch_under_the_interpreter_runs_the_kernel(monkeypatch):
     x = torch.arange(10, dtype=torch.float32)
     TL.launch(InterpretedFunction(add_one), (3,), x, 10, BLOCK=4)
     assert torch.equal(x, torch.arange(10, dtype=torch.float32) + 1)
+
+
+def test_compile_only_warms_up_and_launches_nothing(monkeypatch):
+    """Under compile_only() launch() asks Triton to compile (run with warmup=True: no launch); the
+    switch is off again afterwards, also after an error inside."""
+    import triton.language as tl
+
+    def k(x_ptr, n, A: tl.constexpr):
+        pass
+    kernel = JITFunction(k)
+    calls = []
+    monkeypatch.setattr(kernel, "run", lambda *a, **kw: calls.append((a, kw)) or "compiled")
+    x = torch.zeros(4)
+    with TL.compile_only():
+        assert TL.launch(kernel, (2,), x, 4, A=1, num_warps=1) == "compiled"
+    assert calls == [((x, 4), dict(grid=(2,), warmup=True, A=1, num_warps=1))]
+    with pytest.raises(ValueError):
+        with TL.compile_only():
+            raise ValueError
+    assert TL._COMPILE_ONLY == [False]
+
+
+def test_tuner_compiles_candidates_in_its_thread_pool(monkeypatch):
+    """triton_tune's first step: every candidate's run(cfg) under Triton's AsyncCompileMode and
+    compile_only, in a pool of LONGSEQ_COMPILE_WORKERS threads; one worker (or one candidate) skips it.
+    A candidate whose run raises is left to the timing loop."""
+    from triton.runtime import _async_compile
+
+    from longseq.kernels import triton_tune
+    seen = []
+
+    def run(cfg):
+        seen.append((cfg, TL._COMPILE_ONLY[0], _async_compile.active_mode.get() is not None))
+        if cfg == "bad":
+            raise RuntimeError("does not compile")
+    monkeypatch.setenv("LONGSEQ_COMPILE_WORKERS", "3")
+    assert triton_tune.compile_workers() == 3
+    triton_tune._compile_in_parallel(["a", "bad", "c"], run)
+    assert seen == [("a", True, True), ("bad", True, True), ("c", True, True)]
+    assert TL._COMPILE_ONLY == [False] and _async_compile.active_mode.get() is None
+    seen.clear()
+    triton_tune._compile_in_parallel(["a"], run)                 # one candidate: nothing to overlap
+    monkeypatch.setenv("LONGSEQ_COMPILE_WORKERS", "1")
+    triton_tune._compile_in_parallel(["a", "c"], run)
+    assert seen == []
+    monkeypatch.delenv("LONGSEQ_COMPILE_WORKERS")
+    assert 1 <= triton_tune.compile_workers() <= 16

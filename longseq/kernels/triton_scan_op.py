@@ -291,6 +291,18 @@ SUMMARY_BD, SUMMARY_BL = 8, 16   # the backward's summary pass (v12, docs/kernel
 MIN_BWD_GROUP_WINDOWS = 32     # 1024 steps: the summary fold costs one load pair per later group
 
 
+def _summary_tiles(bd: int) -> tuple[int, int]:
+    """(channels, steps per chunk) of the backward's summary pass, at most the backward's channels;
+    $LONGSEQ_SCAN_BWD_SUMMARY = "BD:BL" overrides the default (sweeps; kernel notes v22)."""
+    forced = os.environ.get("LONGSEQ_SCAN_BWD_SUMMARY")
+    if forced:
+        sbd, sbl = (int(x) for x in forced.split(":"))
+        if SAVE_CHUNK % sbl or sbl & (sbl - 1) or sbd & (sbd - 1):
+            raise ValueError(f"LONGSEQ_SCAN_BWD_SUMMARY={forced!r}: BD a power of two, BL one dividing {SAVE_CHUNK}")
+        return min(sbd, bd), sbl
+    return min(SUMMARY_BD, bd), SUMMARY_BL
+
+
 def _n_bwd_groups(programs: int, nsaved: int, per_sm: int, dev) -> int:
     """Sequence groups for the chunk-parallel backward (v6): enough for ~per_sm programs per SM when
     (dim / BD) * batch programs are fewer, each group at least MIN_BWD_GROUP_WINDOWS windows long;
@@ -357,13 +369,13 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
             # the summary pass has its own tiles: one channel per thread (at most 8 on one warp) and
             # 16-step chunks, whatever the backward's (its group edges are window edges, and it
             # needs none of the backward's dB/dC reduction over channels that picks those)
-            sbd = min(SUMMARY_BD, bd)
+            sbd, sbl = _summary_tiles(bd)
             COMPILED["scan_bwd_pass1"] = launch(scan_bwd_t4_summary_kernel, (cdiv(dim, sbd), batch, G - 1),
                 delta, A, C, z if z is not None else dummy, delta_bias if delta_bias is not None else dummy, dout,
                 esum, ssum, dim, seqlen, dstate, per, nsaved, wpg,
                 *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides_bc(C, groups),
                 *_strides3(dout),
-                BD=sbd, NP=NP, BL=SUMMARY_BL, NR=min(4, NP), WIN=SAVE_CHUNK, HAS_Z=z is not None,
+                BD=sbd, NP=NP, BL=sbl, NR=min(4, NP), WIN=SAVE_CHUNK, HAS_Z=z is not None,
                 HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), CHAN_AXIS=chan_axis("bwd", 1),
                 **launch_options(1))
         COMPILED["scan_bwd"] = launch(scan_bwd_t4_kernel, grid,
