@@ -381,6 +381,34 @@ def test_selective_scan_chunk_parallel_backward(monkeypatch, bwd_groups, batch, 
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
 
 
+def test_no_grad_takes_the_inference_forward(monkeypatch):
+    """Under torch.no_grad() (and inference_mode) the parameters still require grad, but nothing will be
+    differentiated: the scan runs its inference forward (no states or pre-gate output saved for a
+    backward) and gives the same outputs; with grad enabled, the training forward."""
+    from longseq.kernels import reference as R
+    from longseq.kernels import triton_scan_op as op
+    fwd, saved = op._fwd, []
+
+    def spy(*args):
+        saved.append(args[-1])
+        return fwd(*args)
+    monkeypatch.setattr(op, "_fwd", spy)
+    gen = torch.Generator().manual_seed(23)
+    t = scan_inputs(1, 6, 40, 16, None, gen)
+    for k in ("A", "D", "delta_bias"):            # the block's parameters
+        t[k].requires_grad_()
+    with torch.no_grad():
+        y0, last0 = run_scan(T().selective_scan, t, FULL)
+    with torch.inference_mode():
+        y1, last1 = run_scan(T().selective_scan, t, FULL)
+    y2, last2 = run_scan(T().selective_scan, t, FULL)
+    assert saved == [False, False, True]
+    assert not y0.requires_grad and y2.requires_grad
+    yr, lr = run_scan(R.selective_scan_ref, {k: v.detach().double() for k, v in t.items()}, FULL)
+    for y, last in ((y0, last0), (y1, last1), (y2, last2)):
+        assert rel(y, yr) < 1e-5 and rel(last, lr) < 1e-5
+
+
 @pytest.mark.parametrize("summary,bwd_groups,seqlen", [("2:8", "3", 300), ("1:32", "4", 97)],
                          ids=["8-step", "32-step-from-chunk-1"])
 def test_chunk_parallel_backward_summary_tiles(monkeypatch, summary, bwd_groups, seqlen):

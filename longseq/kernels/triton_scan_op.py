@@ -417,15 +417,14 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
 class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state):
-        save = any(ctx.needs_input_grad)
-        y, last, states, ypre = _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save)
-        if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, ypre)
-            ctx.softplus = delta_softplus
-            ctx.has_init = initial_state is not None
-            ctx.dtypes = (A.dtype, None if D is None else D.dtype,
-                          None if delta_bias is None else delta_bias.dtype,
-                          None if initial_state is None else initial_state.dtype)
+        # the training forward: selective_scan takes this Function only when a gradient can be asked for
+        y, last, states, ypre = _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, True)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, ypre)
+        ctx.softplus = delta_softplus
+        ctx.has_init = initial_state is not None
+        ctx.dtypes = (A.dtype, None if D is None else D.dtype,
+                      None if delta_bias is None else delta_bias.dtype,
+                      None if initial_state is None else initial_state.dtype)
         ctx.set_materialize_grads(False)
         if return_last_state:
             return y, last
@@ -450,17 +449,23 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    return_last_state=False, initial_state=None):
     """Fused Triton selective scan; same contract as :func:`longseq.kernels.selective_scan`."""
     check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, fn="selective_scan")
+    # states for a backward only when a gradient can be asked for. Under torch.no_grad() the model's
+    # parameters still require grad (and an autograd Function's needs_input_grad says so), but nothing
+    # will be differentiated: inference takes the inference forward, without the saved states and
+    # pre-gate output (at 1M tokens and width 1536, 6 GB it would write for nothing)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if torch.compiler.is_compiling():
-        # the custom operator (custom_ops), one node of the compiled graph; it saves states for a
-        # backward only when a gradient can be asked for, as SelectiveScanFn does
-        tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        # the custom operator (custom_ops), one node of the compiled graph
         y, last, _, _ = custom_ops.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                                                       initial_state, save)
         out = (y, last) if return_last_state else y
-    else:
+    elif save:
         out = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                                     bool(return_last_state), initial_state)
+    else:
+        y, last, _, _ = _fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state, False)
+        out = (y, last) if return_last_state else y
     if return_last_state:
         y, last = out
         if u.dtype == torch.float64:
