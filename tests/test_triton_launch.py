@@ -103,7 +103,15 @@ def test_compile_only_warms_up_and_launches_nothing(monkeypatch):
     with pytest.raises(ValueError):
         with TL.compile_only():
             raise ValueError
-    assert TL._COMPILE_ONLY == [False]
+    assert not TL._COMPILE_ONLY.get()
+    # another thread's launches still run meanwhile
+    import threading
+    seen = []
+    with TL.compile_only():
+        th = threading.Thread(target=lambda: seen.append(TL._COMPILE_ONLY.get()))
+        th.start()
+        th.join()
+    assert seen == [False]
 
 
 def test_tuner_compiles_candidates_in_its_thread_pool(monkeypatch):
@@ -116,14 +124,14 @@ def test_tuner_compiles_candidates_in_its_thread_pool(monkeypatch):
     seen = []
 
     def run(cfg):
-        seen.append((cfg, TL._COMPILE_ONLY[0], _async_compile.active_mode.get() is not None))
+        seen.append((cfg, TL._COMPILE_ONLY.get(), _async_compile.active_mode.get() is not None))
         if cfg == "bad":
             raise RuntimeError("does not compile")
     monkeypatch.setenv("LONGSEQ_COMPILE_WORKERS", "3")
     assert triton_tune.compile_workers() == 3
     triton_tune._compile_in_parallel(["a", "bad", "c"], run)
     assert seen == [("a", True, True), ("bad", True, True), ("c", True, True)]
-    assert TL._COMPILE_ONLY == [False] and _async_compile.active_mode.get() is None
+    assert not TL._COMPILE_ONLY.get() and _async_compile.active_mode.get() is None
     seen.clear()
     triton_tune._compile_in_parallel(["a"], run)                 # one candidate: nothing to overlap
     monkeypatch.setenv("LONGSEQ_COMPILE_WORKERS", "1")

@@ -22,6 +22,7 @@ environment (``TRITON_DEBUG`` and the like) do not change within the process.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 
 import torch
@@ -39,7 +40,8 @@ def direct_launch_supported(version: str) -> bool:
 _SUPPORTED = direct_launch_supported(triton.__version__)
 _COMPILED: dict = {}   # (kernel, device, constexprs and options, argument key) -> (CompiledKernel, trailing args)
 MAX_CACHED = 4096      # distinct calls kept; more (e.g. ever-changing shapes) clear the dictionary
-_COMPILE_ONLY = [False]
+# per thread (a context variable): another thread's launches meanwhile still run
+_COMPILE_ONLY = contextvars.ContextVar("longseq_compile_only", default=False)
 
 
 @contextlib.contextmanager
@@ -47,11 +49,11 @@ def compile_only():
     """Inside this context :func:`launch` compiles each kernel it is given and runs nothing (Triton's
     ``warmup``); under ``triton.AsyncCompileMode`` the compilation goes to that mode's thread pool.
     The tuner uses it to compile all its candidates at once before timing them."""
-    _COMPILE_ONLY[0] = True
+    token = _COMPILE_ONLY.set(True)
     try:
         yield
     finally:
-        _COMPILE_ONLY[0] = False
+        _COMPILE_ONLY.reset(token)
 
 
 def _args_key(args: tuple) -> tuple[tuple, list]:
@@ -105,7 +107,7 @@ def launch(kernel, grid: tuple, *args, **kwargs):
     """``kernel[grid](*args, **kwargs)`` with less host time; returns the ``CompiledKernel`` (what the
     plain call returns). ``args`` are the kernel's leading parameters, passed positionally;
     ``kwargs`` the rest (constexprs) and launch options such as ``num_warps``."""
-    if _COMPILE_ONLY[0] and isinstance(kernel, JITFunction):
+    if _COMPILE_ONLY.get() and isinstance(kernel, JITFunction):
         return kernel.run(*args, grid=grid, warmup=True, **kwargs)
     if not isinstance(kernel, JITFunction) or not direct():   # interpreted kernels are no JITFunction
         return kernel[grid](*args, **kwargs)
