@@ -137,5 +137,11 @@ def test_tuner_compiles_candidates_in_its_thread_pool(monkeypatch):
     monkeypatch.setenv("LONGSEQ_COMPILE_WORKERS", "1")
     triton_tune._compile_in_parallel(["a", "c"], run)
     assert seen == []
+    monkeypatch.setenv("LONGSEQ_COMPILE_WORKERS", "2")
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool, triton.AsyncCompileMode(pool):    # a caller's own mode: left alone
+        triton_tune._compile_in_parallel(["a", "c"], run)
+        assert _async_compile.active_mode.get() is not None
+    assert seen == [] and not TL._COMPILE_ONLY.get()
     monkeypatch.delenv("LONGSEQ_COMPILE_WORKERS")
     assert 1 <= triton_tune.compile_workers() <= 16
