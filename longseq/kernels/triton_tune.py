@@ -65,7 +65,7 @@ def _compile_in_parallel(candidates: list, run) -> None:
     """Compile every candidate's kernels at once before any is timed. On first use (an empty Triton
     cache) compiling dominates the tuner's time: ~3 s per kernel, so a training step's forward and
     backward lists took 46-55 s one by one on the H100's host, and take 24-29 s (Triton 3.6) or 15 s
-    (3.9) this way (kernel notes v22). Triton's ``AsyncCompileMode`` (3.5 and later) sends each
+    (3.9) this way (kernel notes v22). Triton's ``AsyncCompileMode`` (in 3.6-3.9 at least) sends each
     ``warmup`` compilation to a thread pool; its Python front end holds the GIL, ptxas and much of
     the C++ do not. ``run(cfg)`` under ``triton_launch.compile_only`` issues those warmups and
     launches nothing. Errors are left to the timing loop, which skips a candidate that does not
