@@ -10,6 +10,14 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def gradient_wanted(*tensors) -> bool:
+    """Whether a backward can follow: grad mode on and some tensor requiring grad. Under
+    ``torch.no_grad()`` a model's parameters still require grad (an autograd Function's
+    ``needs_input_grad`` says so), but nothing will be differentiated; the scan backends then run
+    their inference forward, without the states saved for a backward."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _fail(fn: str, name: str, expected: str, got) -> None:
     raise ValueError(f"{fn}: argument '{name}' must be {expected}; got {got}")
 

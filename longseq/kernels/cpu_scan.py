@@ -47,7 +47,7 @@ from numba import prange
 from numba.core import types
 from numba.extending import intrinsic
 
-from .checks import check_selective_scan_args
+from .checks import check_selective_scan_args, gradient_wanted
 
 __all__ = ["selective_scan_cpu", "CHECKPOINT"]
 
@@ -492,7 +492,7 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     if u.device.type != "cpu":
         raise ValueError(f"selective_scan_cpu: argument 'u' must be on the CPU; got device {u.device}")
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if gradient_wanted(*tensors):
         y, hlast = _SelectiveScanCPU.apply(bool(delta_softplus), *tensors)
     else:
         groups = 1 if B.dim() == 3 else B.shape[1]

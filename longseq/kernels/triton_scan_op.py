@@ -9,7 +9,7 @@ import triton
 from . import custom_ops, triton_tune
 from .triton_launch import launch
 from .triton_tune import cdiv, launch_options, minor_version, sm_count
-from .checks import check_selective_scan_args
+from .checks import check_selective_scan_args, gradient_wanted
 from .triton_scan import scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fwd_t4_kernel
 
 
@@ -449,12 +449,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    return_last_state=False, initial_state=None):
     """Fused Triton selective scan; same contract as :func:`longseq.kernels.selective_scan`."""
     check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, fn="selective_scan")
-    # states for a backward only when a gradient can be asked for. Under torch.no_grad() the model's
-    # parameters still require grad (and an autograd Function's needs_input_grad says so), but nothing
-    # will be differentiated: inference takes the inference forward, without the saved states and
-    # pre-gate output (at 1M tokens and width 1536, 6 GB it would write for nothing)
-    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    # states and the pre-gate output for a backward only when one can follow (under no_grad they
+    # would be 6 GB written for nothing at 1M tokens and width 1536)
+    save = gradient_wanted(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if torch.compiler.is_compiling():
         # the custom operator (custom_ops), one node of the compiled graph
         y, last, _, _ = custom_ops.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
