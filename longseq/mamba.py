@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .kernels import causal_conv1d, causal_conv1d_update, rms_norm, selective_scan, selective_state_update
+from .projections import channels_to_channels, channels_to_rows, rows_to_channels
 
 __all__ = ["MambaConfig", "Mamba", "Block", "MambaBackbone", "InferenceCache"]
 
@@ -144,11 +145,13 @@ class Mamba(nn.Module):
         return self._A_cache[1]
 
     def _ssm_inputs(self, x: torch.Tensor):
-        """x: (batch, d_inner, L) after conv -> delta (batch, d_inner, L), B, C (batch, d_state, L)."""
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (batch, L, dt_rank + 2*d_state)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # bias added inside the scan
-        return delta, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        """x: (batch, d_inner, L) after conv -> delta (batch, d_inner, L), B, C (batch, d_state, L).
+
+        B and C are views of the x-projection's output (time contiguous; the scan takes strides)."""
+        x_dbl = channels_to_channels(x, self.x_proj.weight)  # (batch, dt_rank + 2*d_state, L)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = channels_to_channels(dt, self.dt_proj.weight)  # bias added inside the scan
+        return delta, B, C
 
     def forward(self, hidden: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         """hidden (batch, L, d_model) -> (batch, L, d_model).
@@ -156,22 +159,24 @@ class Mamba(nn.Module):
         With ``cache``, the conv and scan start from its state and the cache is updated to the
         state after the last position, so a long input can be processed in consecutive pieces.
         """
-        xz = self.in_proj(hidden).transpose(1, 2)  # (batch, 2*d_inner, L)
+        # every tensor of the mixer is (batch, channels, L) with time contiguous; x and z are views
+        # of one buffer (the kernels take strides), and no layout change copies (projections.py)
+        xz = rows_to_channels(hidden, self.in_proj.weight)  # (batch, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
         weight = self.conv1d.weight.squeeze(1)
         conv_init = None if cache is None else cache.conv_state.to(x.dtype)
-        x, conv_final = causal_conv1d(x.contiguous(), weight, self.conv1d.bias, activation="silu",
+        x, conv_final = causal_conv1d(x, weight, self.conv1d.bias, activation="silu",
                                       initial_state=conv_init, return_final_state=True)
         delta, B, C = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.float())
-        y, last = selective_scan(x, delta.contiguous(), A, B, C, self.D.float(), z=z.contiguous(),
+        y, last = selective_scan(x, delta, A, B, C, self.D.float(), z=z,
                                  delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                                  return_last_state=True,
                                  initial_state=None if cache is None else cache.ssm_state)
         if cache is not None:
             cache.conv_state.copy_(conv_final.detach())
             cache.ssm_state.copy_(last.detach())
-        return self.out_proj(y.transpose(1, 2))
+        return channels_to_rows(y, self.out_proj.weight)
 
     def allocate_cache(self, batch: int, device=None, dtype=None) -> LayerCache:
         device = device or self.A_log.device

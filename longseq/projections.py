@@ -1,0 +1,92 @@
+"""The Mamba mixer's linear maps, computed in the layouts its kernels read, with no transposing copy.
+
+The residual stream is (batch, L, features), a row per token; the conv and scan kernels run on
+(batch, channels, L), each channel's sequence contiguous. Written as ``nn.Linear`` on transposed
+views, every change of layout costs PyTorch a copy: it folds the batch into the rows of one matrix
+multiply, which needs the transposed view made contiguous, in the forward and again in the
+backward. Those were five copies per layer, each slower than the scan's forward (PyTorch's generic
+strided copy kernel: 11 ms for 512 channels at 2^20 tokens on an H100, half of a training step;
+kernel notes v23). Here every product is a batched matrix multiply whose operands cuBLAS reads
+transposed in place, and each output and gradient is allocated in the layout its consumer wants.
+
+Mixed precision follows ``torch.autocast`` (the product runs in its dtype, as ``nn.Linear`` would).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["rows_to_channels", "channels_to_channels", "channels_to_rows"]
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind) and x.is_floating_point():
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.bmm with a 2-D weight on either side broadcast over the other's batch (a stride-0 view)."""
+    if a.dim() == 2:
+        a = a.expand(b.shape[0], *a.shape)
+    if b.dim() == 2:
+        b = b.expand(a.shape[0], *b.shape)
+    return torch.bmm(a, b)
+
+
+class _ChannelLinear(torch.autograd.Function):
+    """y = W @ X per batch, X (batch, k, L) the input seen channels-first: the input itself, or with
+    ``rows_in`` the transpose of a (batch, L, k) input. The output is (batch, n, L), or (batch, L, n)
+    with ``rows_out``; contiguous either way, as is the input's gradient in the input's layout."""
+
+    @staticmethod
+    def forward(ctx, x, weight, rows_in: bool, rows_out: bool):
+        dtype = _compute_dtype(x)
+        x, w = x.to(dtype), weight.to(dtype)
+        xc = x.mT if rows_in else x                                   # (batch, k, L), a view
+        out = _bmm(xc.mT, w.t()) if rows_out else _bmm(w, xc)
+        ctx.save_for_backward(x, w)
+        ctx.rows = (rows_in, rows_out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        rows_in, rows_out = ctx.rows
+        grad = grad.to(w.dtype)
+        gc = grad.mT if rows_out else grad                            # (batch, n, L), a view
+        xc = x.mT if rows_in else x
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = _bmm(gc.mT, w) if rows_in else _bmm(w.t(), gc)
+        if ctx.needs_input_grad[1]:
+            dw = (gc[0] @ xc[0].mT) if gc.shape[0] == 1 else _bmm(gc, xc.mT).sum(0)
+        return dx, dw, None, None
+
+
+def _check(name: str, x, weight, k_dim: int):
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"{name}: x must be a 3-D tensor; got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != x.shape[k_dim]:
+        raise ValueError(f"{name}: weight must be (out_features, {x.shape[k_dim]}); got "
+                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+
+
+def rows_to_channels(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(batch, L, k) @ weight.T, returned as (batch, n, L) contiguous: the in-projection."""
+    _check("rows_to_channels", x, weight, 2)
+    return _ChannelLinear.apply(x, weight, True, False)
+
+
+def channels_to_channels(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """weight @ x for x (batch, k, L) (any strides with one of the last two 1): (batch, n, L)
+    contiguous. The x- and dt-projections of the scan's inputs."""
+    _check("channels_to_channels", x, weight, 1)
+    return _ChannelLinear.apply(x, weight, False, False)
+
+
+def channels_to_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (batch, k, L) projected per token: (batch, L, n) contiguous, the out-projection."""
+    _check("channels_to_rows", x, weight, 1)
+    return _ChannelLinear.apply(x, weight, False, True)
