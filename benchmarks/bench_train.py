@@ -202,7 +202,11 @@ def save(rows, args, name, backend, device) -> dict:
     """Write JSON and Markdown (through temporary files); called after every row, so a run cut
     short still leaves the rows it measured."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        git = dict(cwd=ROOT, capture_output=True, text=True)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **git).stdout.strip()
+        # a copied working tree (the device machine) can hold code its HEAD does not: say so
+        if commit and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git).stdout.strip():
+            commit += " + uncommitted changes"
     except OSError:
         commit = ""
     result = {"benchmark": "train_step", "device": name, "backend": backend, "torch": torch.__version__,

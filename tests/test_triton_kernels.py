@@ -176,6 +176,24 @@ def test_causal_conv1d_matches_reference(batch, dim, seqlen, width, activation, 
         assert rel(a.grad, b.grad) < 1e-5
 
 
+@pytest.mark.parametrize("with_init", [False, True])
+def test_causal_conv1d_takes_a_channel_view_without_bias(with_init):
+    # the mixer passes x as the first half of the in-projection's (batch, 2*dim, L) buffer
+    gen = torch.Generator().manual_seed(3)
+    buf = torch.randn(2, 14, 150, generator=gen)
+    w, init = torch.randn(7, 4, generator=gen), torch.randn(2, 7, 3, generator=gen)
+    x = [t.clone().requires_grad_() for t in (buf, w, init)]
+    xr = [t.double().requires_grad_() for t in (buf, w, init)]
+    y = T().causal_conv1d(x[0][:, :7], x[1], None, "silu", x[2] if with_init else None)
+    yr = R.causal_conv1d_ref(xr[0][:, :7], xr[1], None, "silu", xr[2] if with_init else None)
+    assert rel(y, yr) < 1e-5
+    g = torch.randn(y.shape, generator=gen)
+    (y * g).sum().backward()
+    (yr * g.double()).sum().backward()
+    for a, b in zip(x if with_init else x[:2], xr if with_init else xr[:2]):
+        assert rel(a.grad, b.grad) < 1e-5
+
+
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("dim", [1, 5, 40])
 def test_selective_state_update_matches_reference(grouped, dim):
@@ -204,7 +222,9 @@ def test_selective_state_update_matches_reference(grouped, dim):
 
 @pytest.mark.parametrize("shape,with_res,prenorm,res_fp32", [
     ((2, 3, 10), True, True, True), ((7, 33), False, False, False), ((5, 64), True, False, False),
-    ((4, 16), False, True, False), ((1, 1, 40), True, True, False)])
+    ((4, 16), False, True, False), ((1, 1, 40), True, True, False),
+    # blocks of rows: a partial last block, and more blocks than backward programs (8 on the CPU)
+    ((3, 37, 24), True, True, True), ((300, 200), True, False, True)])
 def test_rms_norm_matches_reference(shape, with_res, prenorm, res_fp32):
     gen = torch.Generator().manual_seed(shape[-1])
     ts = [torch.randn(shape, generator=gen), torch.randn(shape[-1], generator=gen), torch.randn(shape, generator=gen)]

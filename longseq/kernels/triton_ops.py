@@ -200,6 +200,16 @@ def state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus: bool):
 
 # ----------------------------------------------------------------------------- add + RMSNorm
 
+def _rms_tiles(H: int):
+    """(BH, rows per program, warps) of the RMSNorm kernels: short rows (d_model < 512) in blocks of
+    4096 elements, 16 per thread (v23: the backward at d_model 64-256 from 28-52% to 81-83% of the
+    copy bandwidth); longer rows one per program, 8 elements per thread."""
+    BH = _pow2(H)
+    if BH >= 512:       # one row, as before v23: blocks of 2-4 long rows were slower (16384 x 768)
+        return BH, 1, min(16, BH // 256)
+    return BH, 4096 // BH, 8
+
+
 def _rows(t, H):
     t2 = t.reshape(-1, H)
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
@@ -216,12 +226,12 @@ def rms_forward(x, weight, residual, eps: float, prenorm: bool, residual_in_fp32
     sdt = torch.float32 if residual_in_fp32 else x.dtype
     s = torch.empty((M, H), device=x.device, dtype=sdt) if prenorm else y
     rstd = torch.empty((M,), device=x.device, dtype=torch.float32)
-    BH = _pow2(H)
+    BH, rows, warps = _rms_tiles(H)
     if M:
-        launch(rms_fwd_kernel, (M,),
-            x2, r2 if r2 is not None else x2, weight, y, s, rstd, H, float(eps),
+        launch(rms_fwd_kernel, (cdiv(M, rows),),
+            x2, r2 if r2 is not None else x2, weight, y, s, rstd, M, H, float(eps),
             x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0), s.stride(0),
-            BH=BH, HAS_RES=r2 is not None, STORE_S=bool(prenorm), **launch_options(min(16, max(1, BH // 256))))
+            BH=BH, ROWS=rows, HAS_RES=r2 is not None, STORE_S=bool(prenorm), **launch_options(warps))
     return y.reshape(x.shape), (s.reshape(x.shape) if prenorm else None), rstd
 
 
@@ -239,16 +249,16 @@ def rms_backward(dy, ds_in, x, weight, residual, rstd):
     ds2 = _rows(ds_in, H) if ds_in is not None else None
     dx = torch.empty((M, H), device=dev, dtype=x2.dtype)
     dres = torch.empty((M, H), device=dev, dtype=residual.dtype) if r2 is not None else dx
-    nprog = max(1, min(M, 4 * sm_count(dev, cpu=2)))
+    BH, rows, warps = _rms_tiles(H)
+    nprog = max(1, min(cdiv(M, rows), 4 * sm_count(dev, cpu=2)))
     dw_p = torch.empty((nprog, H), device=dev, dtype=torch.float32)
-    BH = _pow2(H)
     if M:
         launch(rms_bwd_kernel, (nprog,),
             x2, r2 if r2 is not None else x2, weight, rstd, dy2, ds2 if ds2 is not None else dy2, dx, dres, dw_p,
             M, H, x2.stride(0), r2.stride(0) if r2 is not None else 0, dy2.stride(0),
             ds2.stride(0) if ds2 is not None else 0, dx.stride(0), dres.stride(0),
-            BH=BH, HAS_RES=r2 is not None, HAS_DS_IN=ds2 is not None, STORE_DRES=r2 is not None,
-            **launch_options(min(16, max(1, BH // 256))))
+            BH=BH, ROWS=rows, HAS_RES=r2 is not None, HAS_DS_IN=ds2 is not None, STORE_DRES=r2 is not None,
+            **launch_options(warps))
     else:
         dw_p.zero_()
     dw = dw_p.sum(0).to(weight.dtype)
