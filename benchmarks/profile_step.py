@@ -7,8 +7,8 @@ clipping, fused AdamW; batch 1). After the warm-up steps (the tuner's trials) it
 steps with torch.profiler and sums the device time of every kernel into categories: the scan (our
 forward, backward and summary passes), the conv and RMSNorm kernels, matrix multiplies (cuBLAS /
 CUTLASS), the optimiser, and everything else (PyTorch's elementwise ops, casts, reductions, copies),
-with the top kernels of each. Against that, the wall time of a step: where the kernels' sum is well
-below it, the GPU waits on the host. Prints a table per length and writes JSON.
+with the top kernels of each. Against that, the wall time of a step (the batch already on the GPU,
+as in bench_train.py): where the kernels' sum is well below it, the GPU waits on the host. Prints a table per length and writes JSON.
 """
 from __future__ import annotations
 
@@ -46,9 +46,14 @@ def category(name: str) -> str:
     return "other"
 
 
-def train_step(model, opt, genome, L, batch, gen, device):
+def random_windows(genome, L, batch, gen, device):
+    """A batch of genome windows (L + 1 tokens) on the device; prepared outside the timed step,
+    as bench_train.py does (the CPU slicing costs milliseconds that a DataLoader hides)."""
     starts = torch.randint(0, len(genome) - L - 1, (batch,), generator=gen)
-    win = torch.stack([genome[s:s + L + 1] for s in starts.tolist()]).long().to(device, non_blocking=True)
+    return torch.stack([genome[s:s + L + 1] for s in starts.tolist()]).long().to(device, non_blocking=True)
+
+
+def train_step(model, opt, win):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logits = model(win[:, :-1])
     loss = F.cross_entropy(logits.float().flatten(0, 1), win[:, 1:].flatten())
@@ -64,18 +69,19 @@ def profile_length(L: int, args, genome) -> dict:
     model = make_model("mamba", args, L, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     gen = torch.Generator().manual_seed(L)
-    for _ in range(args.warmup):
-        train_step(model, opt, genome, L, args.batch, gen, device)
+    wins = [random_windows(genome, L, args.batch, gen, device) for _ in range(args.warmup + 2 * args.steps)]
+    for win in wins[:args.warmup]:
+        train_step(model, opt, win)
     torch.cuda.synchronize()
     walls = []
-    for _ in range(args.steps):
+    for win in wins[args.warmup:args.warmup + args.steps]:
         t0 = time.perf_counter()
-        train_step(model, opt, genome, L, args.batch, gen, device)
+        train_step(model, opt, win)
         torch.cuda.synchronize()
         walls.append(time.perf_counter() - t0)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(args.steps):
-            train_step(model, opt, genome, L, args.batch, gen, device)
+        for win in wins[args.warmup + args.steps:]:
+            train_step(model, opt, win)
         torch.cuda.synchronize()
     per_kernel = defaultdict(lambda: [0.0, 0])        # name -> [device µs over the profiled steps, calls]
     for ev in prof.events():

@@ -26,7 +26,10 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """torch.bmm with a 2-D weight on either side broadcast over the other's batch (a stride-0 view)."""
+    """torch.bmm with a 2-D weight on either side broadcast over the other's batch (a stride-0 view);
+    at batch 1 one torch.mm (cuBLAS picks its kernel for a plain product with less host time)."""
+    if (a.shape[0] if a.dim() == 3 else b.shape[0]) == 1:
+        return torch.mm(a[0] if a.dim() == 3 else a, b[0] if b.dim() == 3 else b).unsqueeze(0)
     if a.dim() == 2:
         a = a.expand(b.shape[0], *a.shape)
     if b.dim() == 2:
