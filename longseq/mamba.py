@@ -161,8 +161,7 @@ class Mamba(nn.Module):
         """
         # every tensor of the mixer is (batch, channels, L) with time contiguous; x and z are views
         # of one buffer (the kernels take strides), and no layout change copies (projections.py)
-        xz = rows_to_channels(hidden, self.in_proj.weight)  # (batch, 2*d_inner, L)
-        x, z = xz.chunk(2, dim=1)
+        x, z = rows_to_channels(hidden, self.in_proj.weight, parts=2)  # (batch, d_inner, L) each
         weight = self.conv1d.weight.squeeze(1)
         conv_init = None if cache is None else cache.conv_state.to(x.dtype)
         x, conv_final = causal_conv1d(x, weight, self.conv1d.bias, activation="silu",

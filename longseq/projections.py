@@ -40,31 +40,44 @@ def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class _ChannelLinear(torch.autograd.Function):
     """y = W @ X per batch, X (batch, k, L) the input seen channels-first: the input itself, or with
     ``rows_in`` the transpose of a (batch, L, k) input. The output is (batch, n, L), or (batch, L, n)
-    with ``rows_out``; contiguous either way, as is the input's gradient in the input's layout."""
+    with ``rows_out``; contiguous either way, as is the input's gradient in the input's layout. With
+    ``parts`` > 1 (channels-first output only) the output comes as that many channel blocks, views of
+    one buffer, and their gradients are taken block by block: no concatenation in the backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, rows_in: bool, rows_out: bool):
+    def forward(ctx, x, weight, rows_in: bool, rows_out: bool, parts: int):
         dtype = _compute_dtype(x)
         x, w = x.to(dtype), weight.to(dtype)
         xc = x.mT if rows_in else x                                   # (batch, k, L), a view
         out = _bmm(xc.mT, w.t()) if rows_out else _bmm(w, xc)
         ctx.save_for_backward(x, w)
         ctx.rows = (rows_in, rows_out)
-        return out
+        return out.chunk(parts, dim=1) if parts > 1 else out
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         x, w = ctx.saved_tensors
         rows_in, rows_out = ctx.rows
-        grad = grad.to(w.dtype)
-        gc = grad.mT if rows_out else grad                            # (batch, n, L), a view
         xc = x.mT if rows_in else x
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = _bmm(gc.mT, w) if rows_in else _bmm(w.t(), gc)
-        if ctx.needs_input_grad[1]:
-            dw = (gc[0] @ xc[0].mT) if gc.shape[0] == 1 else _bmm(gc, xc.mT).sum(0)
-        return dx, dw, None, None
+        blocks = w.chunk(len(grads), dim=0)                           # the weight rows of each part
+        dx = None
+        dw = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
+        for grad, wp, dwp in zip(grads, blocks, dw.chunk(len(grads), dim=0) if dw is not None else blocks):
+            if grad is None:                                          # a part that reached no loss
+                continue
+            grad = grad.to(w.dtype)
+            gc = grad.mT if rows_out else grad                        # (batch, n_p, L), a view
+            if ctx.needs_input_grad[0]:
+                a, b = (gc.mT, wp) if rows_in else (wp.t(), gc)
+                if dx is None:
+                    dx = _bmm(a, b)
+                elif dx.shape[0] == 1:                                # accumulate in the GEMM
+                    dx[0].addmm_(a[0] if a.dim() == 3 else a, b[0] if b.dim() == 3 else b)
+                else:
+                    dx += _bmm(a, b)
+            if dw is not None:
+                dwp.copy_((gc[0] @ xc[0].mT) if gc.shape[0] == 1 else _bmm(gc, xc.mT).sum(0))
+        return dx, dw, None, None, None
 
 
 def _check(name: str, x, weight, k_dim: int):
@@ -76,20 +89,24 @@ def _check(name: str, x, weight, k_dim: int):
                          f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
 
 
-def rows_to_channels(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """(batch, L, k) @ weight.T, returned as (batch, n, L) contiguous: the in-projection."""
+def rows_to_channels(x: torch.Tensor, weight: torch.Tensor, parts: int = 1):
+    """(batch, L, k) @ weight.T, returned as (batch, n, L) contiguous: the in-projection. With
+    ``parts`` > 1, a tuple of that many channel blocks (the mixer's x and z), views of one buffer,
+    whose gradients the backward takes separately (no concatenation of them)."""
     _check("rows_to_channels", x, weight, 2)
-    return _ChannelLinear.apply(x, weight, True, False)
+    if parts < 1 or weight.shape[0] % parts:
+        raise ValueError(f"rows_to_channels: parts must divide the {weight.shape[0]} output channels; got {parts}")
+    return _ChannelLinear.apply(x, weight, True, False, parts)
 
 
 def channels_to_channels(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """weight @ x for x (batch, k, L) (any strides with one of the last two 1): (batch, n, L)
     contiguous. The x- and dt-projections of the scan's inputs."""
     _check("channels_to_channels", x, weight, 1)
-    return _ChannelLinear.apply(x, weight, False, False)
+    return _ChannelLinear.apply(x, weight, False, False, 1)
 
 
 def channels_to_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (batch, k, L) projected per token: (batch, L, n) contiguous, the out-projection."""
     _check("channels_to_rows", x, weight, 1)
-    return _ChannelLinear.apply(x, weight, False, True)
+    return _ChannelLinear.apply(x, weight, False, True, 1)

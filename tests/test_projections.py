@@ -39,6 +39,21 @@ def test_values_gradients_and_layouts_match_linear(batch):
         assert dx.is_contiguous(), fn.__name__                # the input's layout, no strided view
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_parts_are_the_chunks_and_take_their_gradients_apart(batch):
+    g = torch.Generator().manual_seed(10 + batch)
+    x = torch.randn(batch, 7, 5, generator=g, **F64).requires_grad_()
+    W = torch.randn(6, 5, generator=g, **F64).requires_grad_()
+    torch.autograd.gradcheck(lambda x, w: rows_to_channels(x, w, parts=2), (x, W))
+    torch.autograd.gradcheck(lambda x, w: rows_to_channels(x, w, parts=3)[1], (x, W))   # two unused parts
+    a, b = rows_to_channels(x, W, parts=2)
+    ra, rb = F.linear(x, W).mT.chunk(2, dim=1)
+    torch.testing.assert_close(a, ra, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b, rb, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="parts must divide the 6 output channels"):
+        rows_to_channels(x, W, parts=4)
+
+
 def test_strided_channel_views_are_taken_as_they_are():
     # the mixer passes views of one buffer (x and z halves; dt rows of the x-projection)
     g = torch.Generator().manual_seed(0)
@@ -99,8 +114,8 @@ def test_mixer_matches_the_linear_layer_formulation(batch):
 
 
 class _BigCopies(TorchDispatchMode):
-    """Records every copy (clone, dtype or layout change, copy_) of at least ``numel`` elements,
-    except those the Triton interpreter makes to run a kernel on the CPU."""
+    """Records every copy (clone, dtype or layout change, copy_, concatenation) of at least ``numel``
+    elements, except those the Triton interpreter makes to run a kernel on the CPU."""
 
     def __init__(self, numel):
         super().__init__()
@@ -109,7 +124,9 @@ class _BigCopies(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.__name__
-        if name.split(".")[0] in ("clone", "_to_copy", "copy_", "contiguous") and out.numel() >= self.numel:
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if name.split(".")[0] in ("clone", "_to_copy", "copy_", "contiguous", "cat") and \
+                max(o.numel() for o in outs) >= self.numel:
             stack = traceback.extract_stack()
             if not any("interpreter" in f.filename and "triton" in f.filename for f in stack):
                 self.seen.append((name, tuple(out.shape), [f"{f.name}:{f.lineno}" for f in stack[-6:-1]]))
@@ -119,12 +136,15 @@ class _BigCopies(TorchDispatchMode):
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
                     reason="the kernels' path needs triton under TRITON_INTERPRET=1")
 def test_mixer_forward_and_backward_make_no_large_copy(monkeypatch):
-    # the GPU path (Triton kernels, here interpreted): no (batch, d_inner, L)-sized tensor is copied,
-    # in the forward or the backward (there were five transposing copies per layer)
+    # the GPU path (Triton kernels, here interpreted): no (batch, d_inner, L)-sized tensor is copied
+    # or concatenated, in the forward or the backward (there were five transposing copies per layer,
+    # and the x and z gradients were concatenated)
     monkeypatch.setenv("LONGSEQ_SCAN_BACKEND", "triton")
     monkeypatch.setenv("LONGSEQ_AUTOTUNE", "0")
     torch.manual_seed(0)
-    m = Mamba(MambaConfig(d_model=16, n_layer=1, vocab_size=8))
+    # d_state 4: the x-projection's small output (dt_rank + 2 d_state = 9 channels, concatenated in its
+    # backward as in any model) stays below the size counted here
+    m = Mamba(MambaConfig(d_model=16, n_layer=1, vocab_size=8, d_state=4))
     batch, L = 2, 64
     hidden = torch.randn(batch, L, 16, requires_grad=True)
     with _BigCopies(batch * m.d_inner * L // 2) as spy:
