@@ -97,6 +97,14 @@ class InferenceCache:
     seqlen_offset: int = 0
 
 
+def _weight_only(proj: nn.Module) -> bool:
+    """Whether a projection is a bare nn.Linear (no hooks): then its weight defines it, and the mixer
+    applies the weight in its own layout (projections.py). A wrapped or replaced one (a LoRA
+    adapter, a quantised layer) or one with hooks is called as a module, as nn.Linear on transposed
+    views, at the price of the layout copies."""
+    return type(proj) is nn.Linear and not proj._forward_hooks and not proj._forward_pre_hooks
+
+
 class Mamba(nn.Module):
     """The Mamba mixer: in_proj -> causal depthwise conv + SiLU -> selective scan (gated by z) -> out_proj."""
 
@@ -145,13 +153,19 @@ class Mamba(nn.Module):
         return self._A_cache[1]
 
     def _ssm_inputs(self, x: torch.Tensor):
-        """x: (batch, d_inner, L) after conv -> delta (batch, d_inner, L), B, C (batch, d_state, L).
+        """x: (batch, d_inner, L) after conv -> delta (batch, d_inner, L), B, C (batch, d_state, L),
+        and the bias the scan adds to delta (None when delta has it already).
 
         B and C are views of the x-projection's output (time contiguous; the scan takes strides)."""
-        x_dbl = channels_to_channels(x, self.x_proj.weight)  # (batch, dt_rank + 2*d_state, L)
+        if _weight_only(self.x_proj):
+            x_dbl = channels_to_channels(x, self.x_proj.weight)  # (batch, dt_rank + 2*d_state, L)
+        else:
+            x_dbl = self.x_proj(x.transpose(1, 2)).transpose(1, 2).contiguous()
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
-        delta = channels_to_channels(dt, self.dt_proj.weight)  # bias added inside the scan
-        return delta, B, C
+        if _weight_only(self.dt_proj):
+            # the bias is added inside the scan (with softplus), in float32
+            return channels_to_channels(dt, self.dt_proj.weight), B, C, self.dt_proj.bias.float()
+        return self.dt_proj(dt.transpose(1, 2)).transpose(1, 2).contiguous(), B, C, None
 
     def forward(self, hidden: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         """hidden (batch, L, d_model) -> (batch, L, d_model).
@@ -161,21 +175,26 @@ class Mamba(nn.Module):
         """
         # every tensor of the mixer is (batch, channels, L) with time contiguous; x and z are views
         # of one buffer (the kernels take strides), and no layout change copies (projections.py)
-        x, z = rows_to_channels(hidden, self.in_proj.weight, parts=2)  # (batch, d_inner, L) each
+        if _weight_only(self.in_proj):
+            x, z = rows_to_channels(hidden, self.in_proj.weight, parts=2)  # (batch, d_inner, L) each
+        else:
+            x, z = (t.contiguous() for t in self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1))
         weight = self.conv1d.weight.squeeze(1)
         conv_init = None if cache is None else cache.conv_state.to(x.dtype)
         x, conv_final = causal_conv1d(x, weight, self.conv1d.bias, activation="silu",
                                       initial_state=conv_init, return_final_state=True)
-        delta, B, C = self._ssm_inputs(x)
+        delta, B, C, delta_bias = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.float())
         y, last = selective_scan(x, delta, A, B, C, self.D.float(), z=z,
-                                 delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                                 delta_bias=delta_bias, delta_softplus=True,
                                  return_last_state=True,
                                  initial_state=None if cache is None else cache.ssm_state)
         if cache is not None:
             cache.conv_state.copy_(conv_final.detach())
             cache.ssm_state.copy_(last.detach())
-        return channels_to_rows(y, self.out_proj.weight)
+        if _weight_only(self.out_proj):
+            return channels_to_rows(y, self.out_proj.weight)
+        return self.out_proj(y.transpose(1, 2))
 
     def allocate_cache(self, batch: int, device=None, dtype=None) -> LayerCache:
         device = device or self.A_log.device
@@ -190,9 +209,9 @@ class Mamba(nn.Module):
         # step is one kernel that also advances the cached inputs in place (no copies).
         x = causal_conv1d_update(x, cache.conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                  activation="silu")
-        delta, B, C = self._ssm_inputs(x.unsqueeze(-1))
+        delta, B, C, delta_bias = self._ssm_inputs(x.unsqueeze(-1))
         y = selective_state_update(cache.ssm_state, x, delta.squeeze(-1), self._A_for_decoding(), B.squeeze(-1), C.squeeze(-1),
-                                   self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+                                   self.D.float(), z=z, dt_bias=delta_bias, dt_softplus=True)
         return self.out_proj(y)
 
 

@@ -6,6 +6,7 @@ import traceback
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -111,6 +112,52 @@ def test_mixer_matches_the_linear_layer_formulation(batch):
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
     for (name, _), a, b in zip([("hidden", None), *m.named_parameters()], grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=lambda s: f"{name}: {s}")
+
+
+class _LowRank(nn.Module):
+    """A LoRA-style wrapper: the base layer plus a low-rank term (what adapter libraries put in place
+    of an nn.Linear)."""
+
+    def __init__(self, base: nn.Linear, rank: int = 2):
+        super().__init__()
+        self.base = base
+        self.down = nn.Parameter(torch.randn(rank, base.in_features, dtype=base.weight.dtype) * 0.1)
+        self.up = nn.Parameter(torch.randn(base.out_features, rank, dtype=base.weight.dtype) * 0.1)
+
+    def forward(self, x):
+        return self.base(x) + F.linear(F.linear(x, self.down), self.up)
+
+
+def test_wrapped_or_hooked_projections_are_called_as_modules():
+    # an adapter or a hook must take effect: such projections go through their modules
+    torch.manual_seed(5)
+    m = Mamba(MambaConfig(d_model=12, n_layer=1, vocab_size=8, d_state=4)).double()
+    m.x_proj, m.dt_proj, m.out_proj = _LowRank(m.x_proj), _LowRank(m.dt_proj), _LowRank(m.out_proj)
+    calls = []
+    m.in_proj.register_forward_hook(lambda mod, inp, out: calls.append(out.shape))
+    hidden = torch.randn(2, 23, 12, **F64).requires_grad_()
+    out = m(hidden)
+    assert calls == [(2, 23, 2 * m.d_inner)]
+    # the reference: every projection called as a module, the dt bias inside the adapted dt_proj
+    xz = m.in_proj(hidden).transpose(1, 2)
+    x, z = xz.chunk(2, dim=1)
+    x = causal_conv1d(x.contiguous(), m.conv1d.weight.squeeze(1), m.conv1d.bias, activation="silu",
+                      backend="reference")
+    x_dbl = m.x_proj(x.transpose(1, 2))
+    dt, B, C = torch.split(x_dbl, [m.dt_rank, m.d_state, m.d_state], dim=-1)
+    delta = m.dt_proj(dt).transpose(1, 2)
+    y = selective_scan(x, delta.contiguous(), -torch.exp(m.A_log.float()), B.transpose(1, 2).contiguous(),
+                       C.transpose(1, 2).contiguous(), m.D.float(), z=z.contiguous(), delta_softplus=True,
+                       backend="reference")
+    ref = m.out_proj(y.transpose(1, 2))
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
+    params = [m.x_proj.up, m.dt_proj.down, m.out_proj.up, m.in_proj.weight]
+    for a, b in zip(torch.autograd.grad(out.sum(), params), torch.autograd.grad(ref.sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    # and a recurrent step reads the adapted projections as well
+    cache = m.allocate_cache(2)
+    steps = torch.stack([m.step(hidden[:, t].detach(), cache) for t in range(hidden.shape[1])], 1)
+    torch.testing.assert_close(steps, out.detach(), rtol=1e-6, atol=1e-8)
 
 
 class _BigCopies(TorchDispatchMode):
