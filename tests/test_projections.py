@@ -84,18 +84,23 @@ def test_bad_input_names_the_argument():
         channels_to_rows(torch.zeros(1, 5, 7), torch.zeros(3, 4))
 
 
-def _mixer_reference(m: Mamba, hidden):
-    """The mixer written with nn.Linear on transposed views and the reference kernels (float64)."""
+def _mixer_reference(m: Mamba, hidden, bias_in_scan: bool = True):
+    """The mixer written with its projections called as modules on transposed views and the
+    reference kernels. ``bias_in_scan``: the dt bias added inside the scan in float32, as the mixer
+    does for a bare dt_proj; otherwise dt_proj (an adapter) adds its own."""
     xz = m.in_proj(hidden).transpose(1, 2)
     x, z = xz.chunk(2, dim=1)
     x = causal_conv1d(x.contiguous(), m.conv1d.weight.squeeze(1), m.conv1d.bias, activation="silu",
                       backend="reference")
     x_dbl = m.x_proj(x.transpose(1, 2))
     dt, B, C = torch.split(x_dbl, [m.dt_rank, m.d_state, m.d_state], dim=-1)
-    delta = F.linear(dt, m.dt_proj.weight).transpose(1, 2)        # the bias is added in the scan
-    # A, D and the bias in float32, as the mixer passes them
+    if bias_in_scan:
+        delta, bias = F.linear(dt, m.dt_proj.weight).transpose(1, 2), m.dt_proj.bias.float()
+    else:
+        delta, bias = m.dt_proj(dt).transpose(1, 2), None
+    # A and D in float32, as the mixer passes them
     y = selective_scan(x, delta.contiguous(), -torch.exp(m.A_log.float()), B.transpose(1, 2).contiguous(),
-                       C.transpose(1, 2).contiguous(), m.D.float(), z=z.contiguous(), delta_bias=m.dt_proj.bias.float(),
+                       C.transpose(1, 2).contiguous(), m.D.float(), z=z.contiguous(), delta_bias=bias,
                        delta_softplus=True, backend="reference")
     return m.out_proj(y.transpose(1, 2))
 
@@ -138,18 +143,7 @@ def test_wrapped_or_hooked_projections_are_called_as_modules():
     hidden = torch.randn(2, 23, 12, **F64).requires_grad_()
     out = m(hidden)
     assert calls == [(2, 23, 2 * m.d_inner)]
-    # the reference: every projection called as a module, the dt bias inside the adapted dt_proj
-    xz = m.in_proj(hidden).transpose(1, 2)
-    x, z = xz.chunk(2, dim=1)
-    x = causal_conv1d(x.contiguous(), m.conv1d.weight.squeeze(1), m.conv1d.bias, activation="silu",
-                      backend="reference")
-    x_dbl = m.x_proj(x.transpose(1, 2))
-    dt, B, C = torch.split(x_dbl, [m.dt_rank, m.d_state, m.d_state], dim=-1)
-    delta = m.dt_proj(dt).transpose(1, 2)
-    y = selective_scan(x, delta.contiguous(), -torch.exp(m.A_log.float()), B.transpose(1, 2).contiguous(),
-                       C.transpose(1, 2).contiguous(), m.D.float(), z=z.contiguous(), delta_softplus=True,
-                       backend="reference")
-    ref = m.out_proj(y.transpose(1, 2))
+    ref = _mixer_reference(m, hidden, bias_in_scan=False)   # the dt bias inside the adapted dt_proj
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
     params = [m.x_proj.up, m.dt_proj.down, m.out_proj.up, m.in_proj.weight]
     for a, b in zip(torch.autograd.grad(out.sum(), params), torch.autograd.grad(ref.sum(), params)):
