@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .kernels import causal_conv1d, causal_conv1d_update, rms_norm, selective_scan, selective_state_update
 from .projections import channels_to_channels, channels_to_rows, rows_to_channels
@@ -154,7 +155,8 @@ class Mamba(nn.Module):
 
     def _ssm_inputs(self, x: torch.Tensor):
         """x: (batch, d_inner, L) after conv -> delta (batch, d_inner, L), B, C (batch, d_state, L),
-        and the bias the scan adds to delta (None when delta has it already).
+        and the bias the scan adds to delta (None when delta has it already). (``step`` has its own,
+        on rows.)
 
         B and C are views of the x-projection's output (time contiguous; the scan takes strides)."""
         if _weight_only(self.x_proj):
@@ -209,9 +211,15 @@ class Mamba(nn.Module):
         # step is one kernel that also advances the cached inputs in place (no copies).
         x = causal_conv1d_update(x, cache.conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                  activation="silu")
-        delta, B, C, delta_bias = self._ssm_inputs(x.unsqueeze(-1))
-        y = selective_state_update(cache.ssm_state, x, delta.squeeze(-1), self._A_for_decoding(), B.squeeze(-1), C.squeeze(-1),
-                                   self.D.float(), z=z, dt_bias=delta_bias, dt_softplus=True)
+        # one token's tensors are rows (batch, features): the projections run as modules, and B and
+        # C reach the kernel as strided views of the x-projection's row
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if _weight_only(self.dt_proj):      # the bias is added inside the kernel (with softplus)
+            delta, dt_bias = F.linear(dt, self.dt_proj.weight), self.dt_proj.bias.float()
+        else:
+            delta, dt_bias = self.dt_proj(dt), None
+        y = selective_state_update(cache.ssm_state, x, delta, self._A_for_decoding(), B, C,
+                                   self.D.float(), z=z, dt_bias=dt_bias, dt_softplus=True)
         return self.out_proj(y)
 
 
