@@ -92,6 +92,24 @@ def make_model(kind: str, args, L: int, device) -> nn.Module:
     return TransformerLM(args.d_model, args.n_layer, vocab, L, heads).to(device)
 
 
+def random_windows(genome: torch.Tensor, L: int, batch: int, gen: torch.Generator, device) -> torch.Tensor:
+    """``batch`` random genome windows of L + 1 tokens (inputs and next-token targets), on the device."""
+    starts = torch.randint(0, len(genome) - L - 1, (batch,), generator=gen)
+    return torch.stack([genome[s:s + L + 1] for s in starts.tolist()]).long().to(device, non_blocking=True)
+
+
+def train_step(forward, model: nn.Module, opt, win: torch.Tensor, amp) -> torch.Tensor:
+    """One step: forward under ``amp``, cross-entropy, backward, clipping, optimiser; returns the loss."""
+    with amp:
+        logits = forward(win[:, :-1])
+    loss = F.cross_entropy(logits.float().flatten(0, 1), win[:, 1:].flatten())
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
 def run_length(kind: str, L: int, batch: int, genome: torch.Tensor, args, device) -> dict:
     """Median step time, tokens/s and peak memory of ``kind`` at length L (or why it did not run)."""
     torch.manual_seed(0)
@@ -109,16 +127,9 @@ def run_length(kind: str, L: int, batch: int, genome: torch.Tensor, args, device
             torch.cuda.reset_peak_memory_stats()
         times = []
         for step in range(args.warmup + args.steps):
-            starts = torch.randint(0, len(genome) - L - 1, (batch,), generator=g)
-            win = torch.stack([genome[s:s + L + 1] for s in starts.tolist()]).long().to(device, non_blocking=True)
+            win = random_windows(genome, L, batch, g, device)
             t0 = time.perf_counter()
-            with amp:
-                logits = forward(win[:, :-1])
-            loss = F.cross_entropy(logits.float().flatten(0, 1), win[:, 1:].flatten())
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss = train_step(forward, model, opt, win, amp)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0

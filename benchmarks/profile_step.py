@@ -23,11 +23,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import GENOME, make_model, read_genome  # noqa: E402
+from bench_train import GENOME, make_model, random_windows, read_genome, train_step  # noqa: E402
 
 # first match wins; a kernel that matches none is "other"
 CATEGORIES = [
@@ -46,42 +45,28 @@ def category(name: str) -> str:
     return "other"
 
 
-def random_windows(genome, L, batch, gen, device):
-    """A batch of genome windows (L + 1 tokens) on the device; prepared outside the timed step,
-    as bench_train.py does (the CPU slicing costs milliseconds that a DataLoader hides)."""
-    starts = torch.randint(0, len(genome) - L - 1, (batch,), generator=gen)
-    return torch.stack([genome[s:s + L + 1] for s in starts.tolist()]).long().to(device, non_blocking=True)
-
-
-def train_step(model, opt, win):
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = model(win[:, :-1])
-    loss = F.cross_entropy(logits.float().flatten(0, 1), win[:, 1:].flatten())
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
 def profile_length(L: int, args, genome) -> dict:
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = make_model("mamba", args, L, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     gen = torch.Generator().manual_seed(L)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16)
+    # the batches prepared before timing, as bench_train.py times its steps (the CPU slicing costs
+    # milliseconds that a DataLoader hides)
     wins = [random_windows(genome, L, args.batch, gen, device) for _ in range(args.warmup + 2 * args.steps)]
     for win in wins[:args.warmup]:
-        train_step(model, opt, win)
+        train_step(model, model, opt, win, amp)
     torch.cuda.synchronize()
     walls = []
     for win in wins[args.warmup:args.warmup + args.steps]:
         t0 = time.perf_counter()
-        train_step(model, opt, win)
+        train_step(model, model, opt, win, amp)
         torch.cuda.synchronize()
         walls.append(time.perf_counter() - t0)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for win in wins[args.warmup + args.steps:]:
-            train_step(model, opt, win)
+            train_step(model, model, opt, win, amp)
         torch.cuda.synchronize()
     per_kernel = defaultdict(lambda: [0.0, 0])        # name -> [device µs over the profiled steps, calls]
     for ev in prof.events():

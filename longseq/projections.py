@@ -59,12 +59,10 @@ class _ChannelLinear(torch.autograd.Function):
         x, w = ctx.saved_tensors
         rows_in, rows_out = ctx.rows
         xc = x.mT if rows_in else x
-        blocks = w.chunk(len(grads), dim=0)                           # the weight rows of each part
+        # (autograd materialises the gradient of a part that reached no loss as zeros: none is None)
         dx = None
-        dw = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
-        for grad, wp, dwp in zip(grads, blocks, dw.chunk(len(grads), dim=0) if dw is not None else blocks):
-            if grad is None:                                          # a part that reached no loss
-                continue
+        dw = torch.empty_like(w) if ctx.needs_input_grad[1] else None
+        for i, (grad, wp) in enumerate(zip(grads, w.chunk(len(grads), dim=0))):   # each part's weight rows
             grad = grad.to(w.dtype)
             gc = grad.mT if rows_out else grad                        # (batch, n_p, L), a view
             if ctx.needs_input_grad[0]:
@@ -76,7 +74,7 @@ class _ChannelLinear(torch.autograd.Function):
                 else:
                     dx += _bmm(a, b)
             if dw is not None:
-                dwp.copy_((gc[0] @ xc[0].mT) if gc.shape[0] == 1 else _bmm(gc, xc.mT).sum(0))
+                dw.chunk(len(grads), dim=0)[i].copy_((gc[0] @ xc[0].mT) if gc.shape[0] == 1 else _bmm(gc, xc.mT).sum(0))
         return dx, dw, None, None, None
 
 
