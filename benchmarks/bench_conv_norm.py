@@ -94,6 +94,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", default=None, help="a directory holding another version as DIR/longseq")
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--only", choices=("conv", "norm"), default=None, help="time only these kernels")
+    p.add_argument("--conv-tiles", nargs="*", default=[], metavar="BD:BLJ:NT",
+                   help="also time our conv with these tiles (channels, lanes, backward tiles per chunk), "
+                        "each as an implementation of its own")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     impls = {"longseq": triton_ops}
@@ -102,18 +106,27 @@ def main(argv=None):
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e9:.0f} GB/s; triton {triton.__version__}")
     rows = []
+    tiles = {"longseq": None, **{f"longseq {t}": tuple(int(v) for v in t.split(":")) for t in args.conv_tiles}}
+    default_tiles = (triton_ops._CONV_BD, triton_ops._CONV_BLJ, triton_ops._CONV_NT)
     for kind, shapes, cases in (("conv", CONV_SHAPES, conv_cases), ("norm", NORM_SHAPES, norm_cases)):
+        if args.only not in (None, kind):
+            continue
+        variants = {**{name: ops for name, ops in impls.items() if name != "longseq"},
+                    **{name: triton_ops for name in (tiles if kind == "conv" else ["longseq"])}}
         for shape in shapes:
-            per_impl = {name: cases(ops, shape) for name, ops in impls.items()}
+            per_impl = {name: cases(ops, shape) for name, ops in variants.items()}
             for op in per_impl["longseq"]:
-                for name in impls:                     # interleaved: same shape, one after the other
+                for name in variants:                  # interleaved: same shape, one after the other
                     fn, nbytes = per_impl[name][op]
+                    tile = tiles.get(name) or default_tiles
+                    triton_ops._CONV_BD, triton_ops._CONV_BLJ, triton_ops._CONV_NT = tile
                     ms = timed(fn, args.reps)
+                    triton_ops._CONV_BD, triton_ops._CONV_BLJ, triton_ops._CONV_NT = default_tiles
                     gbs = nbytes / (ms / 1e3) / 1e9
                     row = dict(op=op, impl=name, shape=list(shape), ms=ms, bytes=nbytes, gb_s=gbs,
                                floor_ms=nbytes / bw * 1e3, fraction_of_floor=nbytes / bw / (ms / 1e3))
                     rows.append(row)
-                    print(f"  {op:<9} {name:<9} {str(shape):<20} {ms:8.3f} ms  {gbs:7.0f} GB/s  "
+                    print(f"  {op:<9} {name:<16} {str(shape):<20} {ms:8.3f} ms  {gbs:7.0f} GB/s  "
                           f"floor {row['floor_ms']:.3f} ms ({100 * row['fraction_of_floor']:.0f}%)")
             torch.cuda.empty_cache()
     if args.out:

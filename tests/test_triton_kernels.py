@@ -157,7 +157,10 @@ def test_selective_scan_bad_shape_raises_value_error():
         T().selective_scan(t["u"], t["delta"], t["A"], t["B"][:, :3], t["C"])
 
 
-@pytest.mark.parametrize("batch,dim,seqlen,width", [(2, 1, 1, 4), (2, 5, 17, 4), (1, 40, 300, 4), (1, 5, 2, 3)])
+# widths 1-6 (6: the window reaches past one fp32 vector, so a thread holds 8 steps), seqlen 2100:
+# three backward chunks of 1024 steps (fp32), the last one partial
+@pytest.mark.parametrize("batch,dim,seqlen,width", [(2, 1, 1, 4), (2, 5, 17, 4), (1, 40, 300, 4), (1, 5, 2, 3),
+                                                    (2, 3, 40, 1), (1, 3, 45, 2), (1, 3, 300, 6), (1, 3, 2100, 4)])
 @pytest.mark.parametrize("activation", [None, "silu"])
 @pytest.mark.parametrize("with_init", [False, True])
 def test_causal_conv1d_matches_reference(batch, dim, seqlen, width, activation, with_init):
@@ -172,8 +175,27 @@ def test_causal_conv1d_matches_reference(batch, dim, seqlen, width, activation, 
     gy, gf = torch.randn(y.shape, generator=gen), torch.randn(f.shape, generator=gen)
     ((y * gy).sum() + (f * gf).sum()).backward()
     ((yr * gy.double()).sum() + (fr * gf.double()).sum()).backward()
-    for a, b in zip(x[:3] + (x[3:] if with_init else []), xr[:3] + (xr[3:] if with_init else [])):
+    with_dinit = with_init and width > 1   # a width-1 conv has an empty initial state
+    for a, b in zip(x[:3] + (x[3:] if with_dinit else []), xr[:3] + (xr[3:] if with_dinit else [])):
         assert rel(a.grad, b.grad) < 1e-5
+
+
+@pytest.mark.parametrize("width", [4, 9, 10])
+def test_causal_conv1d_bf16_matches_reference(width):
+    # bf16: 8 steps a thread (one 16-byte vector); width 10 needs 16 (two vectors a thread)
+    gen = torch.Generator().manual_seed(width)
+    ts = [torch.randn(2, 3, 600, generator=gen).bfloat16(), torch.randn(3, width, generator=gen) / width,
+          torch.randn(3, generator=gen), torch.randn(2, 3, width - 1, generator=gen).bfloat16()]
+    x = [v.clone().requires_grad_() for v in ts]
+    xr = [v.double().requires_grad_() for v in ts]
+    y = T().causal_conv1d(x[0], x[1], x[2], "silu", x[3])
+    yr = R.causal_conv1d_ref(xr[0], xr[1], xr[2], "silu", xr[3])
+    assert y.dtype == torch.bfloat16 and rel(y, yr) < 1e-2
+    gy = torch.randn(y.shape, generator=gen).bfloat16()
+    (y.float() * gy.float()).sum().backward()
+    (yr * gy.double()).sum().backward()
+    for a, b in zip(x, xr):
+        assert rel(a.grad, b.grad) < 1e-2
 
 
 @pytest.mark.parametrize("with_init", [False, True])

@@ -1,10 +1,16 @@
 """Depthwise causal conv1d (with fused bias, SiLU and initial state) in Triton, fwd and bwd.
 
-Forward: one program per (time block, channel block, sequence); y[d, t] = act(b[d] +
-sum_k w[d, k] x[d, t - (W-1) + k]) with the W-1 inputs before t = 0 read from ``initial_state``.
-Backward: a first kernel recomputes the pre-activation and writes g = dy * act'(pre) (float32); a
-second forms dx (the transposed convolution of g), and per-block partial sums of dw and dbias that
-the wrapper adds up in a fixed order (deterministic, no atomics).
+y[d, t] = act(b[d] + sum_k w[d, k] x[d, t - (W-1) + k]), with the W-1 inputs before t = 0 read from
+``initial_state``. Layout: each thread owns R consecutive steps of one channel (R * element size =
+16 bytes, one vector load), the lanes of a warp the next steps of the same channel, so a warp
+reads and writes whole contiguous runs of a row. A thread's window reaches W-1 <= R steps back
+(forward) and forward (the backward's transposed convolution); it reads its neighbours' R steps
+(L1 hits) and picks the steps it needs in registers (``_cols``/``_at``), so nothing is shifted
+through memory.
+Backward: one kernel recomputes the pre-activation and g = dy * act'(pre) in registers and forms
+dx, with per-chunk partial sums of dw and dbias. It reads x and dy once and writes dx once from
+HBM (6 bytes per bf16 element); the former two-kernel backward wrote and re-read g in float32
+(16 bytes per element).
 """
 from __future__ import annotations
 
@@ -13,95 +19,189 @@ import triton.language as tl
 
 
 @triton.jit
-def _tap(x_base, i_base, offs_l, mask_d, mask_l, k, seqlen, s_xl, s_il, W: tl.constexpr, HAS_INIT: tl.constexpr):
-    """The inputs tap k of the window sees at the steps offs_l, x[t - (W-1) + k] as float32 [BD, BL]:
-    from initial_state where that index is negative (zeros without one), zeros past seqlen."""
-    tt = offs_l - (W - 1) + k
-    mx = mask_d[:, None] & ((tt >= 0) & (tt < seqlen))[None, :]
-    xv = tl.load(x_base + tt.to(tl.int64)[None, :] * s_xl, mask=mx, other=0.0).to(tl.float32)
+def _cols(t, R: tl.constexpr):
+    """The R steps each thread holds of a [BD, BLJ, R] tile, as a tuple of R [BD, BLJ] tensors in step
+    order. Split in registers (no data moves) when the R steps are in one thread, as the loads lay
+    them out for R * element size = 16 bytes."""
+    if R == 1:
+        return (tl.reshape(t, (t.shape[0], t.shape[1])),)
+    else:
+        even, odd = tl.split(tl.reshape(t, (t.shape[0], t.shape[1], R // 2, 2)))
+        ce = _cols(even, R // 2)
+        co = _cols(odd, R // 2)
+        out = ()
+        for i in tl.static_range(R // 2):
+            out = out + (ce[i], co[i])
+        return out
+
+
+@triton.jit
+def _tile(c, R: tl.constexpr):
+    """The inverse of :func:`_cols`: R [BD, BLJ] tensors back into one [BD, BLJ, R] tile."""
+    if R == 1:
+        return tl.reshape(c[0], (c[0].shape[0], c[0].shape[1], 1))
+    else:
+        even = ()
+        odd = ()
+        for i in tl.static_range(R // 2):
+            even = even + (c[2 * i],)
+            odd = odd + (c[2 * i + 1],)
+        a = _tile(even, R // 2)
+        b = _tile(odd, R // 2)
+        return tl.reshape(tl.join(a, b), (a.shape[0], a.shape[1], R))
+
+
+@triton.jit
+def _at(prev, cur, nxt, i: tl.constexpr, R: tl.constexpr):
+    """Step i (-R <= i < 2R) relative to a thread's first step, from the columns of the thread's
+    R steps (cur) and of the R steps before (prev) and after (nxt) them."""
+    if i < 0:
+        return prev[R + i]
+    elif i < R:
+        return cur[i]
+    else:
+        return nxt[i - R]
+
+
+@triton.jit
+def _window(x_base, i_base, steps, mask_d, seqlen, s_xl, s_il, W: tl.constexpr, HAS_INIT: tl.constexpr):
+    """x at the steps [BLJ, R] of the rows x_base [BD, 1, 1], as float32 [BD, BLJ, R]: zeros past
+    seqlen, and before step 0 the initial state's W-1 inputs (zeros without one)."""
+    st = steps[None, :, :]
+    md = mask_d[:, None, None]
+    xv = tl.load(x_base + st.to(tl.int64) * s_xl, mask=md & (st >= 0) & (st < seqlen), other=0.0).to(tl.float32)
     if HAS_INIT:
-        mi = mask_d[:, None] & ((tt < 0) & mask_l)[None, :]
-        xv += tl.load(i_base + (tt + (W - 1)).to(tl.int64)[None, :] * s_il, mask=mi, other=0.0).to(tl.float32)
+        ti = st + (W - 1)
+        xv += tl.load(i_base + ti.to(tl.int64) * s_il, mask=md & (st < 0) & (ti >= 0), other=0.0).to(tl.float32)
     return xv
 
 
 @triton.jit
+def _taps(w_ptr, offs_d, mask_d, W: tl.constexpr):
+    """The W weights of the block's channels, as a tuple of float32 [BD, 1]."""
+    ws = ()
+    for k in tl.static_range(W):
+        ws = ws + (tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)[:, None],)
+    return ws
+
+
+@triton.jit
+def _pre(ws, bias, prev, cur, nxt, p: tl.constexpr, W: tl.constexpr, R: tl.constexpr):
+    """The pre-activation at step p of each thread's steps: bias + sum_k w[k] x[p - (W-1) + k]."""
+    acc = bias
+    for k in tl.static_range(W):
+        acc = acc + ws[k] * _at(prev, cur, nxt, p - (W - 1) + k, R)
+    return acc
+
+
+@triton.jit
 def conv_fwd_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, y_ptr, dy_ptr,
+    x_ptr, w_ptr, bias_ptr, init_ptr, y_ptr,
     dim, seqlen,
-    s_xb, s_xd, s_xl, s_ib, s_id, s_il, s_yb, s_yd, s_yl, s_gb, s_gd, s_gl,
-    W: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr, GRAD: tl.constexpr,
+    s_xb, s_xd, s_xl, s_ib, s_id, s_il, s_yb, s_yd, s_yl,
+    W: tl.constexpr, BD: tl.constexpr, BLJ: tl.constexpr, R: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
 ):
-    """GRAD=False: y = act(conv(x)). GRAD=True: y (float32) = dy * act'(conv(x))."""
+    """y = act(conv(x)) for BLJ * R steps of BD channels: each thread takes R consecutive steps
+    (one 16-byte load) and the R before them (for its window's W-1 <= R earlier inputs)."""
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
-    offs_l = pid_l * BL + tl.arange(0, BL)
     offs_d = pid_d * BD + tl.arange(0, BD)
     mask_d = offs_d < dim
-    mask_l = offs_l < seqlen
     d64 = offs_d.to(tl.int64)
-    x_base = x_ptr + pid_b * s_xb + d64[:, None] * s_xd
-    i_base = init_ptr + pid_b * s_ib + d64[:, None] * s_id
-    acc = tl.zeros((BD, BL), tl.float32)
-    for k in tl.static_range(W):
-        xv = _tap(x_base, i_base, offs_l, mask_d, mask_l, k, seqlen, s_xl, s_il, W, HAS_INIT)
-        wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
-        acc += wk[:, None] * xv
+    steps = pid_l * (BLJ * R) + tl.arange(0, BLJ)[:, None] * R + tl.arange(0, R)[None, :]
+    x_base = x_ptr + pid_b * s_xb + d64[:, None, None] * s_xd
+    i_base = init_ptr + pid_b * s_ib + d64[:, None, None] * s_id
+    cur = _cols(_window(x_base, i_base, steps, mask_d, seqlen, s_xl, s_il, W, HAS_INIT), R)
+    prev = _cols(_window(x_base, i_base, steps - R, mask_d, seqlen, s_xl, s_il, W, HAS_INIT), R)
+    ws = _taps(w_ptr, offs_d, mask_d, W)
+    bias = tl.zeros((BD, 1), tl.float32)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-    m2 = mask_d[:, None] & mask_l[None, :]
-    if GRAD:
-        g = tl.load(dy_ptr + pid_b * s_gb + d64[:, None] * s_gd + offs_l.to(tl.int64)[None, :] * s_gl,
-                    mask=m2, other=0.0).to(tl.float32)
+        bias += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    ys = ()
+    for r in tl.static_range(R):
+        pre = _pre(ws, bias, prev, cur, cur, r, W, R)
         if SILU:
-            sg = tl.sigmoid(acc)
-            g = g * sg * (1.0 + acc * (1.0 - sg))
-        out = g
-    else:
-        out = acc
-        if SILU:
-            out = acc * tl.sigmoid(acc)
-    tl.store(y_ptr + pid_b * s_yb + d64[:, None] * s_yd + offs_l.to(tl.int64)[None, :] * s_yl,
-             out.to(y_ptr.dtype.element_ty), mask=m2)
+            pre = pre * tl.sigmoid(pre)
+        ys = ys + (pre,)
+    st = steps[None, :, :]
+    tl.store(y_ptr + pid_b * s_yb + d64[:, None, None] * s_yd + st.to(tl.int64) * s_yl,
+             _tile(ys, R).to(y_ptr.dtype.element_ty), mask=mask_d[:, None, None] & (st < seqlen))
 
 
 @triton.jit
 def conv_bwd_kernel(
-    g_ptr, x_ptr, w_ptr, init_ptr, dx_ptr, dw_ptr, db_ptr,
-    dim, seqlen, nblocks,
-    s_xb, s_xd, s_xl, s_ib, s_id, s_il, s_dxb, s_dxd, s_dxl,
-    W: tl.constexpr, BD: tl.constexpr, BL: tl.constexpr, HAS_INIT: tl.constexpr,
+    x_ptr, w_ptr, bias_ptr, init_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr,
+    dim, seqlen, nchunks,
+    s_xb, s_xd, s_xl, s_ib, s_id, s_il, s_gb, s_gd, s_gl, s_dxb, s_dxd, s_dxl,
+    W: tl.constexpr, WP: tl.constexpr, BD: tl.constexpr, BLJ: tl.constexpr, R: tl.constexpr,
+    NT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
 ):
-    """g: (batch, dim, seqlen) float32 contiguous. dx[t] = sum_k w[k] g[t + W-1-k];
-    dw partial (batch, nblocks, dim, W); db partial (batch, nblocks, dim)."""
+    """dx, and partial sums of dw and dbias, for NT tiles of BLJ * R steps of BD channels (one
+    chunk). g = dy * act'(pre) is recomputed in registers: dx[t] = sum_k w[k] g[t + W-1-k] needs
+    g at the W-1 steps after a thread's R, so each thread also reads x and dy at the next R steps.
+    dw partial (batch, nchunks, dim, W) and db partial (batch, nchunks, dim), float32, that the
+    wrapper adds up in a fixed order (deterministic, no atomics)."""
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
-    offs_l = pid_l * BL + tl.arange(0, BL)
     offs_d = pid_d * BD + tl.arange(0, BD)
     mask_d = offs_d < dim
-    mask_l = offs_l < seqlen
     d64 = offs_d.to(tl.int64)
-    g_base = g_ptr + (pid_b * dim + d64)[:, None] * seqlen
-    x_base = x_ptr + pid_b * s_xb + d64[:, None] * s_xd
-    i_base = init_ptr + pid_b * s_ib + d64[:, None] * s_id
-    m2 = mask_d[:, None] & mask_l[None, :]
-    g = tl.load(g_base + offs_l.to(tl.int64)[None, :], mask=m2, other=0.0)
-    dx = tl.zeros((BD, BL), tl.float32)
-    part = (pid_b * nblocks + pid_l) * dim + d64
-    for k in tl.static_range(W):
-        wk = tl.load(w_ptr + offs_d * W + k, mask=mask_d, other=0.0).to(tl.float32)
-        ts = offs_l + (W - 1 - k)
-        gs = tl.load(g_base + ts.to(tl.int64)[None, :], mask=mask_d[:, None] & (ts < seqlen)[None, :], other=0.0)
-        dx += wk[:, None] * gs
-        # dw[k] = sum_t g[t] * xs[t - (W-1) + k]
-        xv = _tap(x_base, i_base, offs_l, mask_d, mask_l, k, seqlen, s_xl, s_il, W, HAS_INIT)
-        tl.store(dw_ptr + part * W + k, tl.sum(g * xv, axis=1), mask=mask_d)
-    tl.store(db_ptr + part, tl.sum(g, axis=1), mask=mask_d)
-    tl.store(dx_ptr + pid_b * s_dxb + d64[:, None] * s_dxd + offs_l.to(tl.int64)[None, :] * s_dxl,
-             dx.to(dx_ptr.dtype.element_ty), mask=m2)
+    x_base = x_ptr + pid_b * s_xb + d64[:, None, None] * s_xd
+    i_base = init_ptr + pid_b * s_ib + d64[:, None, None] * s_id
+    g_base = dy_ptr + pid_b * s_gb + d64[:, None, None] * s_gd
+    dx_base = dx_ptr + pid_b * s_dxb + d64[:, None, None] * s_dxd
+    ws = _taps(w_ptr, offs_d, mask_d, W)
+    bias = tl.zeros((BD, 1), tl.float32)
+    if HAS_BIAS:
+        bias += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    acc_w = tl.zeros((BD, BLJ, WP), tl.float32)
+    acc_b = tl.zeros((BD, BLJ), tl.float32)
+    for it in range(NT):
+        steps = (pid_l * NT + it) * (BLJ * R) + tl.arange(0, BLJ)[:, None] * R + tl.arange(0, R)[None, :]
+        st = steps[None, :, :]
+        cur = _cols(_window(x_base, i_base, steps, mask_d, seqlen, s_xl, s_il, W, HAS_INIT), R)
+        prev = _cols(_window(x_base, i_base, steps - R, mask_d, seqlen, s_xl, s_il, W, HAS_INIT), R)
+        nxt = _cols(_window(x_base, i_base, steps + R, mask_d, seqlen, s_xl, s_il, W, HAS_INIT), R)
+        md = mask_d[:, None, None]
+        dy_cur = _cols(tl.load(g_base + st.to(tl.int64) * s_gl, mask=md & (st < seqlen), other=0.0).to(tl.float32), R)
+        dy_nxt = _cols(tl.load(g_base + (st + R).to(tl.int64) * s_gl, mask=md & (st + R < seqlen),
+                               other=0.0).to(tl.float32), R)
+        g = ()
+        for p in tl.static_range(R + W - 1):
+            pre = _pre(ws, bias, prev, cur, nxt, p, W, R)
+            gp = _at(dy_cur, dy_cur, dy_nxt, p, R)
+            if SILU:
+                sg = tl.sigmoid(pre)
+                gp = gp * sg * (1.0 + pre * (1.0 - sg))
+            g = g + (gp,)
+        dxs = ()
+        for r in tl.static_range(R):
+            acc = g[r + W - 1] * ws[0]
+            for k in tl.static_range(1, W):
+                acc += g[r + W - 1 - k] * ws[k]
+            dxs = dxs + (acc,)
+            acc_b += g[r]
+        tl.store(dx_base + st.to(tl.int64) * s_dxl, _tile(dxs, R).to(dx_ptr.dtype.element_ty),
+                 mask=md & (st < seqlen))
+        # dw[k] = sum_t g[t] x[t - (W-1) + k], over this thread's R steps
+        dws = ()
+        for k in tl.static_range(WP):
+            if k < W:
+                s = g[0] * _at(prev, cur, nxt, k - (W - 1), R)
+                for r in tl.static_range(1, R):
+                    s += g[r] * _at(prev, cur, nxt, r - (W - 1) + k, R)
+                dws = dws + (s,)
+            else:
+                dws = dws + (tl.zeros((BD, BLJ), tl.float32),)
+        acc_w += _tile(dws, WP)
+    part = (pid_b * nchunks + pid_l) * dim + d64
+    offs_k = tl.arange(0, WP)
+    tl.store(dw_ptr + part[:, None] * W + offs_k[None, :], tl.sum(acc_w, axis=1),
+             mask=mask_d[:, None] & (offs_k < W)[None, :])
+    tl.store(db_ptr + part, tl.sum(acc_b, axis=1), mask=mask_d)
 
 
 @triton.jit

@@ -26,28 +26,36 @@ __all__ = ["selective_scan", "causal_conv1d", "causal_conv1d_update", "selective
 
 # ----------------------------------------------------------------------------- causal conv1d
 
-_CONV_BD, _CONV_BL = 16, 128
+# A program's tile: _CONV_BD channels (one per warp) x _CONV_BLJ lanes x R steps per lane; the
+# backward's programs walk _CONV_NT such tiles (a chunk) and write one partial dw, db per chunk.
+_CONV_BD, _CONV_BLJ, _CONV_NT = 4, 32, 8
 
 
-def _conv_launch(x, weight, bias, init, out, dy, silu, grad):
-    batch, dim, seqlen = x.shape
-    W = weight.shape[1]
-    dummy = x
-    i = init if init is not None else dummy
-    g = dy if dy is not None else out
-    grid = (cdiv(seqlen, _CONV_BL), cdiv(dim, _CONV_BD), batch)
-    launch(conv_fwd_kernel, grid,
-        x, weight, bias if bias is not None else dummy, i, out, g,
-        dim, seqlen, *x.stride(), *(i.stride() if init is not None else (0, 0, 0)), *out.stride(), *g.stride(),
-        W=W, BD=_CONV_BD, BL=_CONV_BL, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
-        SILU=silu, GRAD=grad, **launch_options(4))
+def _conv_steps(x, width: int) -> int:
+    """R, the steps a thread holds: one 16-byte vector of x's dtype, or more where the window's
+    W-1 earlier inputs would not fit in one neighbour's R (then correct, but no longer 16 bytes
+    a thread)."""
+    return max(16 // x.element_size(), _pow2(width - 1))
+
+
+def _conv_common(x, weight, bias, init):
+    """The arguments both kernels share: (weight, bias or a dummy, init or a dummy, init's strides)."""
+    return (weight, bias if bias is not None else x, init if init is not None else x,
+            init.stride() if init is not None else (0, 0, 0))
 
 
 def conv_forward(x, weight, bias, init, silu: bool):
     """The causal conv (SiLU fused if ``silu``) of x (batch, dim, seqlen); ``init`` the W-1 inputs
     before it or None. Returns y in x's dtype."""
+    batch, dim, seqlen = x.shape
+    W = weight.shape[1]
+    R = _conv_steps(x, W)
     y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    _conv_launch(x, weight.contiguous(), bias, init, y, None, silu, False)
+    w, b, i, i_strides = _conv_common(x, weight.contiguous(), bias, init)
+    launch(conv_fwd_kernel, (cdiv(seqlen, _CONV_BLJ * R), cdiv(dim, _CONV_BD), batch),
+        x, w, b, i, y, dim, seqlen, *x.stride(), *i_strides, *y.stride(),
+        W=W, BD=_CONV_BD, BLJ=_CONV_BLJ, R=R, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
+        SILU=silu, **launch_options(_CONV_BD))
     return y
 
 
@@ -56,31 +64,42 @@ def conv_backward(dy, x, weight, bias, init, silu: bool, need_dinit: bool):
     weight_c = weight.contiguous()
     batch, dim, seqlen = x.shape
     W = weight.shape[1]
-    g = torch.empty((batch, dim, seqlen), device=x.device, dtype=torch.float32)
-    _conv_launch(x, weight_c, bias, init, g, dy, silu, True)
-    nblocks = cdiv(seqlen, _CONV_BL)
+    R = _conv_steps(x, W)
+    nchunks = cdiv(seqlen, _CONV_BLJ * R * _CONV_NT)
     dx = torch.empty((batch, dim, seqlen), device=x.device, dtype=x.dtype)
-    dw_p = torch.empty((batch, nblocks, dim, W), device=x.device, dtype=torch.float32)
-    db_p = torch.empty((batch, nblocks, dim), device=x.device, dtype=torch.float32)
-    dummy = x
-    grid = (nblocks, cdiv(dim, _CONV_BD), batch)
-    launch(conv_bwd_kernel, grid,
-        g, x, weight_c, init if init is not None else dummy, dx, dw_p, db_p,
-        dim, seqlen, nblocks, *x.stride(), *(init.stride() if init is not None else (0, 0, 0)), *dx.stride(),
-        W=W, BD=_CONV_BD, BL=_CONV_BL, HAS_INIT=init is not None, **launch_options(4))
+    dw_p = torch.empty((batch, nchunks, dim, W), device=x.device, dtype=torch.float32)
+    db_p = torch.empty((batch, nchunks, dim), device=x.device, dtype=torch.float32)
+    w, b, i, i_strides = _conv_common(x, weight_c, bias, init)
+    launch(conv_bwd_kernel, (nchunks, cdiv(dim, _CONV_BD), batch),
+        x, w, b, i, dy, dx, dw_p, db_p, dim, seqlen, nchunks,
+        *x.stride(), *i_strides, *dy.stride(), *dx.stride(),
+        W=W, WP=max(2, _pow2(W)), BD=_CONV_BD, BLJ=_CONV_BLJ, R=R, NT=_CONV_NT,
+        HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu, **launch_options(_CONV_BD))
     dw = dw_p.sum((0, 1)).to(weight.dtype)
     db = db_p.sum((0, 1)).to(bias.dtype) if bias is not None else None
     dinit = None
     if init is not None and need_dinit:
-        # dinit[j] (time j - (W-1)) = sum_{k <= j} w[k] g[j - k]
-        gw = g[..., : W - 1]
-        dinit = torch.zeros(init.shape, device=x.device, dtype=torch.float32)
-        for j in range(W - 1):
-            for k in range(j + 1):
-                if j - k < seqlen:
-                    dinit[..., j] += weight_c[:, k].float() * gw[..., j - k]
-        dinit = dinit.to(init.dtype)
+        dinit = _conv_dinit(dy, x, weight_c, bias, init, silu)
     return dx, dw, db, dinit
+
+
+def _conv_dinit(dy, x, weight, bias, init, silu: bool):
+    """The initial state's gradient: dinit[j] (time j - (W-1)) = sum_{k <= j} w[k] g[j - k], with
+    g = dy * act'(pre) at the first W-1 steps (recomputed here: the kernel keeps g in registers)."""
+    W = weight.shape[1]
+    n = min(W - 1, x.shape[2])
+    pre = causal_conv1d_ref(x[..., :n].float(), weight.float(), None if bias is None else bias.float(),
+                            None, init.float())
+    g = dy[..., :n].float()
+    if silu:
+        sg = torch.sigmoid(pre)
+        g = g * sg * (1 + pre * (1 - sg))
+    dinit = torch.zeros(init.shape, device=x.device, dtype=torch.float32)
+    for j in range(W - 1):
+        for k in range(j + 1):
+            if j - k < n:
+                dinit[..., j] += weight[:, k].float() * g[..., j - k]
+    return dinit.to(init.dtype)
 
 
 class CausalConv1dFn(torch.autograd.Function):
