@@ -118,7 +118,7 @@ def run_length(kind: str, L: int, batch: int, genome: torch.Tensor, args, device
     try:
         model = make_model(kind, args, L, device)
         # compiled: the first (warm-up) step compiles; the Mamba kernels enter as custom operators
-        forward = torch.compile(model) if args.compile else model
+        forward = torch.compile(model, mode=args.compile_mode) if args.compile else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
         g = torch.Generator().manual_seed(L)
         amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -165,6 +165,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="run each model through torch.compile (inductor)")
+    p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                   help="torch.compile's mode (reduce-overhead: CUDA graphs of the forward and backward)")
     p.add_argument("--max-step-seconds", type=float, default=20.0)
     p.add_argument("--out", default=None, help="JSON path (default docs/benchmarks/train_<device>.json)")
     args = p.parse_args(argv)
@@ -223,7 +225,7 @@ def save(rows, args, name, backend, device) -> dict:
     result = {"benchmark": "train_step", "device": name, "backend": backend, "torch": torch.__version__,
               "triton": _version("triton"), "cuda": torch.version.cuda, "python": platform.python_version(),
               "commit": commit or None, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-              "precision": "bf16-mixed" if device.type == "cuda" else "fp32", "compiled": args.compile,
+              "precision": "bf16-mixed" if device.type == "cuda" else "fp32", "compiled": args.compile, "compile_mode": args.compile_mode,
               "model": {"d_model": args.d_model, "n_layer": args.n_layer, "d_state": args.d_state},
               "warmup_steps": args.warmup, "timed_steps": args.steps, "data": str(GENOME.relative_to(ROOT)),
               "rows": rows}
