@@ -156,6 +156,35 @@ def test_dna_demo_trains_and_checkpoint_loads_with_the_api(tmp_path):
     assert torch.equal(model.lm_head.weight, cli.model.model.lm_head.weight)
 
 
+def test_compile_mode_is_checked_and_trains_as_eager(tmp_path):
+    with pytest.raises(ValueError, match="compile_mode.*reduce-overhead.*'fast'"):
+        NextBaseTask(d_model=32, n_layer=1, compile_mode="fast")
+    # the demo config through torch.compile (inductor on the CPU; the numba scan runs eagerly in
+    # it): the same losses as eager, step by step, and a checkpoint with the same parameter names
+    stages = ('[{"class_path": "longseq.datamodules.SequenceLengthWarmup", "init_args": {"stages": '
+              '[{"seq_len": 128, "batch_size": 4, "epochs": 1}]}}]')
+    runs = {}
+    for mode in ("null", "default"):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        root = tmp_path / mode
+        cli = run_cli(["fit", "--config", str(CONFIGS / "dna_nextbase_demo.yaml"), *TINY,
+                       "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "1",
+                       "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
+                       "--trainer.callbacks", stages, "--model.init_args.compile_mode", mode,
+                       "--data.init_args.samples_per_epoch", "16", "--data.init_args.max_eval_windows", "8"])
+        assert getattr(cli.model, "_compiled", False) == (mode != "null")
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert (graphs > 0) == (mode != "null"), graphs      # the compiled forward ran
+        rows = read_metrics(root)
+        state = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        runs[mode] = ([v for _, v in series(rows, "train/loss")], series(rows, "val/bits_per_base")[-1][1], state)
+    (eager, eager_val, eager_state), (compiled, compiled_val, compiled_state) = runs["null"], runs["default"]
+    assert len(eager) == 4 and compiled == pytest.approx(eager, rel=1e-4)
+    assert compiled_val == pytest.approx(eager_val, rel=1e-4)
+    assert compiled_state.keys() == eager_state.keys()
+
+
 def test_species_demo_trains_above_chance_and_writes_confusion_png(tmp_path):
     root = tmp_path / "species"
     cli = run_cli(["fit", "--config", str(CONFIGS / "species_demo.yaml"), *TINY,

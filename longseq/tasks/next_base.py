@@ -63,9 +63,9 @@ class NextBaseTask(LongseqTask):
     def __init__(self, d_model: int = 128, n_layer: int = 4, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  model_overrides: dict | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, min_lr_ratio: float = 0.1,
-                 decay_steps: int | None = None):
+                 decay_steps: int | None = None, compile_mode: str | None = None):
         super().__init__(d_model, n_layer, d_state, d_conv, expand, model_overrides, lr, weight_decay, betas,
-                         warmup_steps, min_lr_ratio, decay_steps)
+                         warmup_steps, min_lr_ratio, decay_steps, compile_mode)
         self.save_hyperparameters()
         tokenizer = NucleotideTokenizer()
         self.metadata["tokenizer"] = tokenizer_spec(tokenizer)

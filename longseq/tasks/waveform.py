@@ -57,9 +57,9 @@ class WaveformGenerationTask(LongseqTask):
                  d_model: int = 64, n_layer: int = 4, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  model_overrides: dict | None = None, lr: float = 2e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, min_lr_ratio: float = 0.1,
-                 decay_steps: int | None = None):
+                 decay_steps: int | None = None, compile_mode: str | None = None):
         super().__init__(d_model, n_layer, d_state, d_conv, expand, model_overrides, lr, weight_decay, betas,
-                         warmup_steps, min_lr_ratio, decay_steps)
+                         warmup_steps, min_lr_ratio, decay_steps, compile_mode)
         if gen_clips < 0 or gen_seconds <= 0 or gen_prompt < 1:
             raise ValueError("WaveformGenerationTask: gen_clips must be >= 0, gen_seconds > 0 and gen_prompt >= 1; "
                              f"got {gen_clips}, {gen_seconds}, {gen_prompt}")
@@ -138,6 +138,7 @@ class WaveformGenerationTask(LongseqTask):
         rate = int(self.metadata["sample_rate"])
         n = max(1, round(self.hparams.gen_seconds * rate))
         prompt = prompt.to(self.device)
+        self._begin_step()   # the prompt's forward may replay a compiled model's CUDA graph
         new = generate(self.model, prompt, n, temperature=self.hparams.gen_temperature, seed=0,
                        allowed_tokens=range(self.tokenizer.levels), progress=False)
         waves = self.tokenizer.decode(torch.cat([prompt, new], dim=1).cpu())
