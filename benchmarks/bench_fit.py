@@ -55,14 +55,21 @@ def fit(config: str, mode: str, extra: list[str], skip: int) -> dict:
                        "false", "--model.init_args.compile_mode", mode, *extra], run=False)
         probe = StepTimes()
         cli.trainer.callbacks.append(probe)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         wall = time.perf_counter() - t0
         metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
+        memory = ({"peak_allocated_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
+                   "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2 ** 30}
+                  if torch.cuda.is_available() else {})
+        del cli
     shapes = {f"{b}x{L}": dict(steps=len(ts), median_ms=1e3 * statistics.median(ts[skip:] or ts))
               for (b, L), ts in probe.times.items()}
     return dict(mode=mode, fit_wall_s=wall, steps=sum(len(t) for t in probe.times.values()), shapes=shapes,
-                metrics=metrics)
+                metrics=metrics, **memory)
 
 
 def main(argv=None):
@@ -79,7 +86,8 @@ def main(argv=None):
     for r in runs:
         per_shape = ", ".join(f"{s}: {v['median_ms']:.2f} ms ({v['steps']} steps)" for s, v in r["shapes"].items())
         loss = r["metrics"].get("val/bits_per_base", r["metrics"].get("val/loss", float("nan")))
-        print(f"  {r['mode']:<16} fit {r['fit_wall_s']:6.1f} s, {r['steps']} steps; {per_shape}; last val {loss:.4f}")
+        mem = f"; peak {r['peak_allocated_gib']:.1f} GiB ({r['peak_reserved_gib']:.1f} reserved)" if "peak_allocated_gib" in r else ""
+        print(f"  {r['mode']:<16} fit {r['fit_wall_s']:6.1f} s, {r['steps']} steps; {per_shape}; last val {loss:.4f}{mem}")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(
             device=device, torch=torch.__version__, lightning=pl.__version__, config=args.config, extra=args.extra,
