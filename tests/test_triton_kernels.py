@@ -198,6 +198,24 @@ def test_causal_conv1d_bf16_matches_reference(width):
         assert rel(a.grad, b.grad) < 1e-2
 
 
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_causal_conv1d_takes_a_strided_time_axis_and_an_expanded_gradient(activation):
+    # x a transposed view (time stride = dim: no vector loads, still right); y.sum()'s gradient
+    # reaches the backward as an expanded tensor with all strides 0
+    gen = torch.Generator().manual_seed(4)
+    ts = [torch.randn(2, 300, 5, generator=gen), torch.randn(5, 4, generator=gen),
+          torch.randn(5, generator=gen), torch.randn(2, 5, 3, generator=gen)]
+    x = [t.clone().requires_grad_() for t in ts]
+    xr = [t.double().requires_grad_() for t in ts]
+    y = T().causal_conv1d(x[0].transpose(1, 2), x[1], x[2], activation, x[3])
+    yr = R.causal_conv1d_ref(xr[0].transpose(1, 2), xr[1], xr[2], activation, xr[3])
+    assert rel(y, yr) < 1e-5
+    y.sum().backward()
+    yr.sum().backward()
+    for a, b in zip(x, xr):
+        assert rel(a.grad, b.grad) < 1e-5
+
+
 @pytest.mark.parametrize("with_init", [False, True])
 def test_causal_conv1d_takes_a_channel_view_without_bias(with_init):
     # the mixer passes x as the first half of the in-projection's (batch, 2*dim, L) buffer
