@@ -12,7 +12,7 @@ import torch
 
 from . import custom_ops
 from .checks import check_conv_update_args, check_tensor
-from .reference import causal_conv1d_ref  # argument checks only (see _check_conv)
+from .reference import causal_conv1d_ref  # argument checks, and the initial state gradient (_conv_dinit)
 from .triton_conv import conv_bwd_kernel, conv_fwd_kernel, conv_update_kernel
 from .triton_norm import rms_bwd_kernel, rms_fwd_kernel
 from .triton_scan_op import _pow2, selective_scan
