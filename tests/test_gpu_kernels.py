@@ -234,6 +234,27 @@ def test_scan_64bit_offsets_past_2_31_elements():
             assert rel(y[:, sl], yr) < 1e-2 and rel(last[:, sl], lr) < 1e-4
 
 
+def test_causal_conv1d_64bit_offsets_past_2_31_elements():
+    # batch*dim*seqlen = 2^31 + 2^21 as for the scan: the last channels' rows start past 2^31 elements;
+    # forward and backward (dx, and dw, dbias summed over the chunks) checked on those channels
+    L, dim, W = 1 << 20, 2050, 4
+    gen = torch.Generator(device=DEV).manual_seed(3)
+    x = torch.randn(1, dim, L, device=DEV, dtype=torch.bfloat16, generator=gen)
+    w = torch.randn(dim, W, device=DEV, generator=gen) / 2
+    b = torch.randn(dim, device=DEV, generator=gen)
+    dy = torch.randn(1, dim, L, device=DEV, dtype=torch.bfloat16, generator=gen)
+    xg, wg, bg = x.requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()
+    y = T().causal_conv1d(xg, wg, bg, "silu")
+    y.backward(dy)
+    for sl in (slice(0, 2), slice(dim - 2, dim)):
+        xs, ws, bs = (t.detach()[..., sl, :] if t.dim() == 3 else t.detach()[sl] for t in (x, w, b))
+        xr, wr, br = (t.double().requires_grad_() for t in (xs, ws, bs))
+        yr = R.causal_conv1d_ref(xr, wr, br, "silu")
+        yr.backward(dy[:, sl].double())
+        assert rel(y[:, sl], yr) < 1e-2 and rel(xg.grad[:, sl], xr.grad) < 1e-2
+        assert rel(wg.grad[sl], wr.grad) < 1e-3 and rel(bg.grad[sl], br.grad) < 1e-3
+
+
 def _fwd_cfgs():
     from longseq.kernels import triton_scan_op as op
     return [(op.cfg_text(c), False) for c in op.FWD_CFGS] + [(op.cfg_text(c), True) for c in op.FWD_TRAIN_CFGS]
