@@ -38,9 +38,9 @@ def _conv_steps(x, width: int) -> int:
     return max(16 // x.element_size(), _pow2(width - 1))
 
 
-def _conv_common(x, weight, bias, init):
-    """The arguments both kernels share: (weight, bias or a dummy, init or a dummy, init's strides)."""
-    return (weight, bias if bias is not None else x, init if init is not None else x,
+def _conv_optional(x, bias, init):
+    """The optional arguments both kernels take: (bias or a dummy, init or a dummy, init's strides)."""
+    return (bias if bias is not None else x, init if init is not None else x,
             init.stride() if init is not None else (0, 0, 0))
 
 
@@ -51,9 +51,9 @@ def conv_forward(x, weight, bias, init, silu: bool):
     W = weight.shape[1]
     R = _conv_steps(x, W)
     y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    w, b, i, i_strides = _conv_common(x, weight.contiguous(), bias, init)
+    b, i, i_strides = _conv_optional(x, bias, init)
     launch(conv_fwd_kernel, (cdiv(seqlen, _CONV_BLJ * R), cdiv(dim, _CONV_BD), batch),
-        x, w, b, i, y, dim, seqlen, *x.stride(), *i_strides, *y.stride(),
+        x, weight.contiguous(), b, i, y, dim, seqlen, *x.stride(), *i_strides, *y.stride(),
         W=W, BD=_CONV_BD, BLJ=_CONV_BLJ, R=R, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
         SILU=silu, **launch_options(_CONV_BD))
     return y
@@ -69,9 +69,9 @@ def conv_backward(dy, x, weight, bias, init, silu: bool, need_dinit: bool):
     dx = torch.empty((batch, dim, seqlen), device=x.device, dtype=x.dtype)
     dw_p = torch.empty((batch, nchunks, dim, W), device=x.device, dtype=torch.float32)
     db_p = torch.empty((batch, nchunks, dim), device=x.device, dtype=torch.float32)
-    w, b, i, i_strides = _conv_common(x, weight_c, bias, init)
+    b, i, i_strides = _conv_optional(x, bias, init)
     launch(conv_bwd_kernel, (nchunks, cdiv(dim, _CONV_BD), batch),
-        x, w, b, i, dy, dx, dw_p, db_p, dim, seqlen, nchunks,
+        x, weight_c, b, i, dy, dx, dw_p, db_p, dim, seqlen, nchunks,
         *x.stride(), *i_strides, *dy.stride(), *dx.stride(),
         W=W, WP=max(2, _pow2(W)), BD=_CONV_BD, BLJ=_CONV_BLJ, R=R, NT=_CONV_NT,
         HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu, **launch_options(_CONV_BD))
