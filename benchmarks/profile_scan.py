@@ -22,12 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from longseq.kernels import triton_scan_op as op  # noqa: E402
 from common import scan_inputs  # noqa: E402
 
-# the H100 tuner's bf16 choices (scan-h100-v11.json): (batch 8, batch 1 at long lengths); the
+# the H100 tuner's bf16 choices (scan-h100-v11.json; the backward's from scan-h100-v25.json): (batch 8,
+# batch 1 at long lengths); the
 # Nsight Compute reports in docs/benchmarks/ncu-h100-v8-*.txt were taken with v8's choices
 # (t4:32:16:4 / t4:32:16:4:8, t4:32:16:4 / t4:32:16:4:4, t4:8:8:1 / t4:4:8:1:32)
 CHOSEN = {"LONGSEQ_SCAN_FWD_CFGS": ("t4:16:16:2", "t4:16:8:1:32"),
           "LONGSEQ_SCAN_FWD_TRAIN_CFGS": ("t4:8:16:1", "t4:8:16:1:48"),
-          "LONGSEQ_SCAN_BWD_CFGS": ("t4:16:4:1", "t4:16:4:1:32")}
+          "LONGSEQ_SCAN_BWD_CFGS": ("t4:8:8:1", "t4:8:8:1:32")}
 
 
 def main(argv=None):

@@ -350,6 +350,44 @@ def test_scan_every_backward_candidate_vs_float64(monkeypatch, cfg, groups, dtyp
         assert rel(xs[k].grad, xr[k].grad) < tol, (k, rel(xs[k].grad, xr[k].grad))
 
 
+
+@DTYPES
+@pytest.mark.parametrize("cfg,batch,dim,seqlen,dstate,groups,det", [
+    ("t4:8:8:1", 2, 64, 1000, 16, None, "0"),      # the tuner's pick at batch 8: the exchange must be taken
+    ("t4:16:4:1", 2, 40, 300, 16, 4, "0"),         # a partial channel block, grouped B/C
+    ("t4:16:4:1", 2, 40, 300, 8, None, "0"),       # dstate 8: 16 channel lanes
+    ("t4:16:4:1", 1, 48, 1000, 13, None, "1"),     # padded states, deterministic
+    ("t4:8:8:1", 3, 24, 1, 16, None, "0"),         # one step (other integer specialisations)
+    ("t4:8:8:1:32", 1, 64, 3000, 16, 2, "0")],     # chunk-parallel, 3 sequence groups
+    ids=["8x8", "16x4-partial-grouped", "16x4-dstate8", "16x4-states13-det", "8x8-L1", "8x8-groups3"])
+def test_backward_reduce_scatter_gpu(monkeypatch, cfg, batch, dim, seqlen, dstate, groups, det, dtype, tol):
+    """One-warp backwards sum dB and dC by a reduce-scatter over the channel lanes (PTX shuffles on the
+    layout that the launcher checks in each compiled kernel, else tl.sum): every gradient against
+    float64, NaN-poisoned outputs; the first case must have taken the exchange."""
+    from longseq.kernels import triton_launch
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", cfg)
+    monkeypatch.setenv("LONGSEQ_DETERMINISTIC", det)
+    if cfg.count(":") == 4:
+        monkeypatch.setenv("LONGSEQ_SCAN_BWD_GROUPS", "3")
+    triton_launch._COMPILED.clear()
+    gen = torch.Generator(device=DEV).manual_seed(seqlen + dim)
+    t = scan_inputs(batch, dim, seqlen, dstate, groups, dtype, gen)
+    xs = {k: v.clone().requires_grad_() for k, v in t.items()}
+    xr = {k: v.double().requires_grad_() for k, v in t.items()}
+    y, last = call(T().selective_scan, xs)
+    yr, lr = call(R.selective_scan_ref, xr)
+    gy = torch.randn(y.shape, generator=gen, device=DEV).to(dtype)
+    gl = torch.randn(last.shape, generator=gen, device=DEV)
+    poison_allocator()
+    ((y * gy).sum() + (last * gl).sum()).backward()
+    ((yr * gy.double()).sum() + (lr * gl.double()).sum()).backward()
+    for k in ARGS:
+        assert torch.isfinite(xs[k].grad).all(), k
+        assert rel(xs[k].grad, xr[k].grad) < tol, (k, rel(xs[k].grad, xr[k].grad))
+    taken = [v[0] is not triton_launch.CHECK_FAILED for k, v in triton_launch._COMPILED.items() if ("BDL", 8) in k[2]]
+    if cfg == "t4:8:8:1":
+        assert taken == [True] or seqlen == 1, taken
+
 def test_scan_backward_64bit_offsets_past_2_31_elements():
     # batch*dim*seqlen = 2^31 + 2^21: the backward's per-channel gradients of the first and last channels
     L = 1 << 20

@@ -441,6 +441,95 @@ def test_selective_scan_chunk_parallel_backward(monkeypatch, bwd_groups, batch, 
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
 
 
+
+@pytest.mark.parametrize("cfg,batch,dim,seqlen,dstate,groups,det,bwd_groups", [
+    ("t4:16:4:1", 2, 40, 75, 16, None, "0", None),      # 3 channel blocks, the last one partial
+    ("t4:8:8:1", 1, 16, 300, 16, 2, "0", None),         # grouped B/C
+    ("t4:16:4:1", 1, 16, 97, 13, None, "1", "3"),       # padded states, deterministic, chunk-parallel
+    ("t4:16:4:1", 2, 20, 33, 8, None, "0", None),       # dstate 8: 16 channel lanes, one step per lane
+    ("t4:8:32:1", 1, 8, 70, 16, None, "0", "2")],       # 16 steps per lane
+    ids=["16x4-partial-block", "8x8-grouped", "16x4-states13-det-3groups", "16x4-dstate8", "8x32-2groups"])
+@pytest.mark.parametrize("chan_axis", ["1", "2"])
+def test_backward_reduce_scatter_of_dB_dC(monkeypatch, cfg, batch, dim, seqlen, dstate, groups, det, bwd_groups,
+                                          chan_axis):
+    """One-warp backward configurations with at least 32 / NQ channels sum dB and dC over the channels by
+    a reduce-scatter over the channel lanes (triton_scan._chan_scatter_add; here its lane exchange runs as
+    a gather along the channel axis): every gradient vs float64, with either tile axis order, atomics and
+    deterministic stores, whole and chunk-parallel."""
+    from longseq.kernels.triton_scan_op import parse_cfg, scatter_lanes
+    _, bd, bl, warps = parse_cfg(cfg)[:4]
+    assert scatter_lanes(bd, bl, warps, 16 if dstate > 8 else 8) > 0
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", cfg)
+    monkeypatch.setenv("LONGSEQ_SCAN_CHAN_AXIS", chan_axis)
+    monkeypatch.setenv("LONGSEQ_DETERMINISTIC", det)
+    if bwd_groups:
+        monkeypatch.setenv("LONGSEQ_SCAN_BWD_GROUPS", bwd_groups)
+    gen = torch.Generator().manual_seed(seqlen + dim)
+    t = scan_inputs(batch, dim, seqlen, dstate, groups, gen)
+    names = grad_names(FULL)
+    xs, xr, _, _ = scan_vs_reference(t, FULL, gen, names)
+    for k in names:
+        assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
+
+
+def test_scatter_lanes_only_where_the_exchange_fits():
+    """The reduce-scatter needs one warp, whole channel-lane groups in the program and at least one
+    step per lane; everything else sums with tl.sum."""
+    from longseq.kernels.triton_scan_op import scatter_lanes
+    assert scatter_lanes(16, 4, 1, 16) == 8 and scatter_lanes(8, 8, 1, 16) == 8
+    assert scatter_lanes(16, 4, 1, 8) == 16 and scatter_lanes(4, 8, 1, 64) == 0   # dstate 64: 2 lanes, J > BL
+    assert scatter_lanes(1, 8, 1, 256) == 0 and scatter_lanes(2, 8, 1, 128) == 0
+    assert scatter_lanes(4, 8, 1, 16) == 0 and scatter_lanes(16, 4, 2, 16) == 0 and scatter_lanes(16, 1, 1, 16) == 0
+
+
+_LAYOUT_CHECK = """
+import inspect, re
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from longseq.kernels import triton_scan
+from longseq.kernels.triton_scan_op import chan_axis, scatter_lanes, shuffle_layouts_ok
+fn = triton_scan.scan_bwd_t4_kernel
+names = list(inspect.signature(fn.fn).parameters)
+f32 = {"A_ptr", "D_ptr", "bias_ptr", "states_ptr", "dlast_ptr", "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr",
+       "dbias_ptr", "dinit_ptr", "esum_ptr", "ssum_ptr"}
+unit = {"s_ul", "s_dl", "s_zl", "s_Bl", "s_Cl", "s_ol", "s_dul", "s_ddl", "s_dzl", "s_gl"}
+for bd, bl, np_, dt in ((16, 4, 16, "bf16"), (8, 8, 16, "bf16"), (8, 8, 16, "fp32"), (16, 4, 8, "fp32")):
+    bdl = scatter_lanes(bd, bl, 1, np_)
+    # as a contiguous call specialises them: unit time strides, other integers and pointers 16-aligned
+    const = dict(BD=bd, NP=np_, BL=bl, NR=4, WIN=32, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True,
+                 HAS_DLAST=False, DETERMINISTIC=False, GROUPED=False, HAS_YPRE=True,
+                 CHAN_AXIS=chan_axis("bwd", 1), BDL=bdl, **{n: 1 for n in unit})
+    sig = {n: "constexpr" if n in const else ("*fp32" if n in f32 else "*" + dt) if n.endswith("_ptr") else "i32"
+           for n in names}
+    aligned = [i for i, n in enumerate(names) if n not in const and n not in ("wpg", "nsaved")]
+    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in const.items()},
+                    attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+    ttgir = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1)).asm["ttgir"]
+    assert shuffle_layouts_ok(ttgir, np_, bdl), (bd, bl, np_, dt)
+    # the same IR with the last two lane bits exchanged in every layout must fail the check
+    def swap(m):
+        bases = m.group(1).split("], [")
+        return "lane = [" + "], [".join(bases[:-2] + bases[-1:] + bases[-2:-1]) + "]]"
+    moved = re.sub(r"lane = \\[(\\[.*?\\])\\]", swap, ttgir)
+    moved = re.sub(r"threadsPerWarp = \\[(\\d+), (\\d+), (\\d+)\\]", r"threadsPerWarp = [\\3, \\2, \\1]", moved)
+    assert moved != ttgir and not shuffle_layouts_ok(moved, np_, bdl), (bd, bl, np_, dt)
+print("ok", triton.__version__)
+"""
+
+
+def test_reduce_scatter_lanes_match_the_compiled_layout():
+    """The reduce-scatter's lane exchanges (triton_scan._lane_swap) assume the layout that the launcher
+    checks on every compiled backward (triton_scan_op.shuffle_layouts_ok; it falls back to tl.sum where the
+    check fails). Compiled for sm_90 with the installed Triton (no GPU needed; in a process without the
+    interpreter, which would not compile the exchanges) and the specialisation of contiguous tensors, the
+    one-warp backwards pass the check, and the same IR with two lane bits exchanged does not."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", _LAYOUT_CHECK], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]
+
 def test_no_grad_takes_the_inference_forward(monkeypatch):
     """Under torch.no_grad() (and inference_mode) the parameters still require grad, but nothing will be
     differentiated: the scan runs its inference forward (no states or pre-gate output saved for a

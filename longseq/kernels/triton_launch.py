@@ -103,25 +103,51 @@ def _trailing(kernel: JITFunction, npos: int, kwargs: dict) -> tuple:
     return tuple(out)
 
 
-def launch(kernel, grid: tuple, *args, **kwargs):
+_CHECKED: dict = {}    # (check, id(CompiledKernel)) -> (CompiledKernel, verdict): checks on the plain path
+CHECK_FAILED = object()  # what launch returns, launching nothing, for a compiled kernel its check rejects
+
+
+def _passes(check, kernel, grid, args, kwargs) -> bool:
+    """check(CompiledKernel) for this call, compiling without launching (Triton's warmup); memoised per
+    compiled kernel, so that the plain path parses each one once."""
+    compiled = kernel.run(*args, grid=grid, warmup=True, **kwargs)
+    hit = _CHECKED.get((check, id(compiled)))
+    if hit is None:
+        hit = _CHECKED[check, id(compiled)] = (compiled, bool(check(compiled)))
+    return hit[1]
+
+
+def launch(kernel, grid: tuple, *args, check=None, **kwargs):
     """``kernel[grid](*args, **kwargs)`` with less host time; returns the ``CompiledKernel`` (what the
     plain call returns). ``args`` are the kernel's leading parameters, passed positionally;
-    ``kwargs`` the rest (constexprs) and launch options such as ``num_warps``."""
+    ``kwargs`` the rest (constexprs) and launch options such as ``num_warps``. ``check``, if given, is
+    a predicate on the compiled kernel (e.g. on its layouts), tested before the first launch of each
+    distinct call: where it fails nothing runs and launch returns ``CHECK_FAILED`` (not under the
+    interpreter, which compiles nothing)."""
     if _COMPILE_ONLY.get() and isinstance(kernel, JITFunction):
         return kernel.run(*args, grid=grid, warmup=True, **kwargs)
-    if not isinstance(kernel, JITFunction) or not direct():   # interpreted kernels are no JITFunction
+    if not isinstance(kernel, JITFunction):   # interpreted kernels are no JITFunction
+        return kernel[grid](*args, **kwargs)
+    if not direct():
+        if check is not None and not _passes(check, kernel, grid, args, kwargs):
+            return CHECK_FAILED
         return kernel[grid](*args, **kwargs)
     device = torch.cuda.current_device()
     arg_key, call = _args_key(args)
     key = (kernel, device, tuple(kwargs.items()), arg_key)
     hit = _COMPILED.get(key)
     if hit is None:
-        compiled = kernel[grid](*args, **kwargs)
         if len(_COMPILED) >= MAX_CACHED:
             _COMPILED.clear()
+        if check is not None and not _passes(check, kernel, grid, args, kwargs):
+            _COMPILED[key] = (CHECK_FAILED, None)
+            return CHECK_FAILED
+        compiled = kernel[grid](*args, **kwargs)
         _COMPILED[key] = (compiled, _trailing(kernel, len(args), kwargs))
         return compiled
     compiled, trailing = hit
+    if compiled is CHECK_FAILED:
+        return compiled
     stream = torch._C._cuda_getCurrentRawStream(device)
     g1 = grid[1] if len(grid) > 1 else 1
     g2 = grid[2] if len(grid) > 2 else 1

@@ -331,6 +331,61 @@ def scan_fwd_t4_kernel(
         tl.store(last_ptr + row4, h, mask=mask_dn4)
 
 
+# dB and dC: the sum over a program's channels, then one atomic add (or store) per (step, state).
+# tl.sum over channels that sit on lanes is a butterfly all-reduce: every channel lane ends with all
+# BL * NR sums (3 levels x BL * NR shuffles for 8 channel lanes), and one lane of each replica group adds
+# them. A reduce-scatter halves what each lane holds at every level instead (BL * NR / 2 + ... shuffles:
+# 14 instead of 48 for BL * NR = 16), and the 8 channel lanes then add disjoint parts. Triton has no
+# shuffle, so the exchange is PTX shfl.sync.bfly. It relies on the tiles' layout (triton_scan_op
+# lanes_first): the state groups (NQ lanes) on the lowest lane bits, then BDL channel lanes, one warp.
+# The interpreter runs the same exchange as a gather along the channel axis.
+@triton.jit
+def _lane_swap(x, lane, K: tl.constexpr, LANE_MASK: tl.constexpr):
+    """x [BDL, NQ, V] with the BDL axis on lanes (bit K of its index on lane bit log2(LANE_MASK)): the
+    value that the lane with bit K of its channel-lane index flipped holds."""
+    if FAST_MATH:
+        r = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, 0xffffffff;", "=f,f,r",
+                                      [x, tl.full(x.shape, LANE_MASK, tl.int32)], dtype=tl.float32,
+                                      is_pure=False, pack=1)
+    else:
+        r = tl.gather(x, (lane ^ (1 << K)) + tl.zeros(x.shape, tl.int32), axis=0)
+    return r
+
+
+@triton.jit
+def _chan_scatter_add(x, ptr, t0, seqlen, dstate, s_gl, s_gn, BL: tl.constexpr, NQ: tl.constexpr, BD: tl.constexpr,
+                      NR: tl.constexpr, BDL: tl.constexpr, CHAN_AXIS: tl.constexpr, DETERMINISTIC: tl.constexpr):
+    """ptr[t * s_gl + n * s_gn] += the sum of the 4-D tile x over its BD channels, for the steps
+    t = t0 + [0, BL) before seqlen and the states n < dstate: the reduce-scatter above, over BDL channel lanes."""
+    if CHAN_AXIS == 2:
+        x = tl.permute(x, (0, 2, 1, 3))                           # [BL, BD, NQ, NR]: no data moves
+    # channels d and d + BDL in one thread (BD // BDL of them): their sum first, in-thread
+    x = tl.sum(tl.reshape(x, (BL, BD // BDL, BDL, NQ, NR)), axis=1)
+    # J = BL * NR // BDL values stay in each lane: J consecutive steps (J <= BL, so BL = BH * J). Order a
+    # lane's values as (step % J, step // J, state) so that the levels below, which split off the lowest
+    # place bit each, take (state, step // J) from the lane and leave the J consecutive steps
+    J: tl.constexpr = BL * NR // BDL
+    BH: tl.constexpr = BL // J
+    x = tl.reshape(tl.permute(x, (1, 2, 0, 3)), (BDL, NQ, BH, J, NR))
+    s = tl.reshape(tl.permute(x, (0, 1, 3, 2, 4)), (BDL, NQ, BL * NR))
+    lane = tl.arange(0, BDL)[:, None, None]
+    for k in tl.static_range(5):
+        if (1 << k) < BDL:
+            s0, s1 = tl.split(tl.reshape(s, (BDL, NQ, (BL * NR) >> (k + 1), 2)))
+            hi = ((lane >> k) & 1) == 1
+            # a lane keeps the half its partner sends away (the odd or the even places, by bit k of its
+            # channel lane) and adds the partner's copy of it
+            s = tl.where(hi, s1, s0) + _lane_swap(tl.where(hi, s0, s1), lane, k, NQ << k)
+    # channel lane i now holds state (i % NR) of the steps (i // NR) * J + [0, J)
+    t = t0 + (lane // NR) * J + tl.arange(0, J)[None, None, :]
+    n = tl.arange(0, NQ)[None, :, None] * NR + lane % NR
+    off = t.to(tl.int64) * s_gl + n * s_gn
+    msk = (t < seqlen) & (n < dstate)
+    if DETERMINISTIC:
+        tl.store(ptr + off, s, mask=msk)
+    else:
+        tl.atomic_add(ptr + off, s, mask=msk, sem="relaxed")
+
 @triton.jit
 def _bwd_chunk_loads(c, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base, o_base,
                      yp_base, s_ul, s_dl, s_Bl, s_Cl, s_zl, s_ol, BL: tl.constexpr, HAS_Z: tl.constexpr,
@@ -361,7 +416,7 @@ def scan_bwd_t4_kernel(
     BD: tl.constexpr, NP: tl.constexpr, BL: tl.constexpr, NR: tl.constexpr, WIN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DLAST: tl.constexpr, DETERMINISTIC: tl.constexpr, GROUPED: tl.constexpr, HAS_YPRE: tl.constexpr,
-    CHAN_AXIS: tl.constexpr,
+    CHAN_AXIS: tl.constexpr, BDL: tl.constexpr = 0,
 ):
     """Backward with the t4 forward's tiles [BL, NQ, BD, NR] and unrolled per-thread recurrences (v5).
 
@@ -503,7 +558,6 @@ def scan_bwd_t4_kernel(
                 dy = dout * zt * sz
             else:
                 dy = dout
-            gC = tl.sum(hs * _chan4(dy, CHAN_AXIS), axis=CHAN_AXIS)        # [BL, NQ, NR], over the channels
             dy4 = _chan4(dy, CHAN_AXIS)
             dl4 = _chan4(dl, CHAN_AXIS)
             dhs = _zeros4(BL, NQ, BD, NR, CHAN_AXIS)
@@ -537,13 +591,21 @@ def scan_bwd_t4_kernel(
             db_acc += tl.sum(ddl, axis=0)
             tl.store(du_base + t64[:, None] * s_dul, dut.to(du_ptr.dtype.element_ty), mask=m2)
             tl.store(ddl_base + t64[:, None] * s_ddl, ddl.to(ddelta_ptr.dtype.element_ty), mask=m2)
-            gB = tl.sum(dhs * _chan4(dlu, CHAN_AXIS), axis=CHAN_AXIS)      # [BL, NQ, NR], over the channels
-            if DETERMINISTIC:
-                tl.store(gB_base + t64[:, None, None] * s_gl, gB, mask=mnt)
-                tl.store(gC_base + t64[:, None, None] * s_gl, gC, mask=mnt)
+            if BDL == 0:
+                gB = tl.sum(dhs * _chan4(dlu, CHAN_AXIS), axis=CHAN_AXIS)  # [BL, NQ, NR], over the channels
+                gC = tl.sum(hs * _chan4(dy, CHAN_AXIS), axis=CHAN_AXIS)
+                if DETERMINISTIC:
+                    tl.store(gB_base + t64[:, None, None] * s_gl, gB, mask=mnt)
+                    tl.store(gC_base + t64[:, None, None] * s_gl, gC, mask=mnt)
+                else:
+                    tl.atomic_add(gB_base + t64[:, None, None] * s_gl, gB, mask=mnt, sem="relaxed")
+                    tl.atomic_add(gC_base + t64[:, None, None] * s_gl, gC, mask=mnt, sem="relaxed")
             else:
-                tl.atomic_add(gB_base + t64[:, None, None] * s_gl, gB, mask=mnt, sem="relaxed")
-                tl.atomic_add(gC_base + t64[:, None, None] * s_gl, gC, mask=mnt, sem="relaxed")
+                t0 = w * WIN + jb * BL
+                _chan_scatter_add(dhs * _chan4(dlu, CHAN_AXIS), dB_ptr + pid_b * s_gb + k64 * s_gk, t0, seqlen, dstate, s_gl, s_gn, BL, NQ, BD,
+                                  NR, BDL, CHAN_AXIS, DETERMINISTIC)
+                _chan_scatter_add(hs * _chan4(dy, CHAN_AXIS), dC_ptr + pid_b * s_gb + k64 * s_gk, t0, seqlen, dstate, s_gl, s_gn, BL, NQ, BD,
+                                  NR, BDL, CHAN_AXIS, DETERMINISTIC)
 
     if pid_g == 0:
         tl.store(dinit_ptr + row4, a_next * dh, mask=mask_dn4)

@@ -1,13 +1,16 @@
 """``selective_scan`` on the fused Triton kernels: launch logic and the autograd Function."""
 from __future__ import annotations
 
+import functools
+import json
 import os
+import re
 
 import torch
 import triton
 
 from . import custom_ops, triton_tune
-from .triton_launch import launch
+from .triton_launch import CHECK_FAILED, launch
 from .triton_tune import cdiv, launch_options, minor_version, sm_count
 from .checks import check_selective_scan_args, gradient_wanted
 from .triton_scan import scan_bwd_t4_kernel, scan_bwd_t4_summary_kernel, scan_fwd_t4_kernel
@@ -39,6 +42,57 @@ def chan_axis(kind: str, warps: int) -> int:
     if _ASCENDING_TIES or (kind == "fwd" and warps == 1):
         return 2
     return 1
+
+
+def scatter_lanes(bd: int, bl: int, warps: int, NP: int) -> int:
+    """The channel lanes over which the backward reduce-scatters dB and dC (triton_scan._chan_scatter_add),
+    or 0 for a plain tl.sum. The exchange assumes the layout that chan_axis("bwd", 1) gives: one warp, the
+    NQ state groups on the lowest lane bits and the channels on the rest (tests/test_kernels_layout.py
+    checks it on the installed Triton); each lane then keeps J = BL * NR / lanes consecutive steps."""
+    if chan_axis("bwd", warps) != (2 if _ASCENDING_TIES else 1) and os.environ.get("TRITON_INTERPRET") != "1":
+        return 0      # LONGSEQ_SCAN_CHAN_AXIS forced the other order: the channels take the low lane bits
+    nr = min(4, NP)
+    lanes = 32 // (NP // nr)          # 0 above 128 states: the state groups fill the warp
+    if warps == 1 and 2 <= lanes <= bd and bd % lanes == 0 and 1 <= bl * nr // lanes <= bl:
+        return lanes
+    return 0
+
+
+def shuffle_layouts_ok(ttgir: str, NP: int, bdl: int) -> bool:
+    """Whether every lane exchange of the reduce-scatter in a compiled backward (its TritonGPU IR) runs on
+    the lanes it was written for: lane bit b holds bit b of the state group below log2(NQ) and bit
+    b - log2(NQ) of the channel lane above. Triton chooses the layouts; with some argument
+    specialisations it moves these tiles to another layout (tests/test_triton_kernels.py has one), so
+    the launcher checks each compiled backward once and falls back to tl.sum where this fails."""
+    nq = NP // min(4, NP)
+    want = [[0, 1 << b, 0] for b in range(nq.bit_length() - 1)] + [[1 << b, 0, 0] for b in range(bdl.bit_length() - 1)]
+    shuffled = re.findall(r"shfl.sync.bfly.*?: tensor<(\d+)x(\d+)x(\d+)xf32, (#[a-z]+\d*)>", ttgir)
+    if len(shuffled) != 2 * (bdl.bit_length() - 1):
+        return False
+    for *shape, name in shuffled:
+        found = re.search("^" + name + r" = (#ttg\.\w+)<(.*)>$", ttgir, re.M)
+        if found is None:
+            return False
+        kind, body = found.groups()
+        if kind == "#ttg.linear":
+            lanes = re.search(r"lane = (\[(?:\[[\d, ]*\](?:, )?)*\])", body)
+            got = json.loads(lanes.group(1)) if lanes else None
+        elif kind == "#ttg.blocked":    # the lane bits go to the dims in `order`, fastest first
+            spt, tpw, order = (json.loads(re.search(k + r" = (\[[\d, ]*\])", body).group(1))
+                               for k in ("sizePerThread", "threadsPerWarp", "order"))
+            got = [[(spt[d] << k) % int(shape[d]) if i == d else 0 for i in range(3)]
+                   for d in order for k in range(tpw[d].bit_length() - 1)]
+        else:
+            return False
+        if got != want:
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _layout_check(NP: int, bdl: int):
+    """shuffle_layouts_ok as a predicate on a compiled kernel, one object per (NP, bdl) (launch memoises by it)."""
+    return lambda compiled: shuffle_layouts_ok(compiled.asm["ttgir"], NP, bdl)
 
 
 COMPILED = {}       # last compiled kernel per name (registers/spills for the benchmark's report)
@@ -102,6 +156,10 @@ def _candidates(dim, groups, cfgs, kind, NP=16):
         # as well, for the tuner (dstate 64 on the H100: t4:32:8:4 beats every scaled configuration by
         # 12-17%; the backward's spill and lose by 20% or more; kernel_notes v15)
         cfgs = [_for_dstate(c, NP) for c in cfgs] + (list(cfgs) if NP <= 64 and kind != "bwd" else [])
+        if kind == "bwd" and NP > 16:
+            # fewest states per warp first: the scaled 8-channel ones keep 8:8:1's registers and spill
+            # at dstate 256 (t4:1:8:2: 104 bytes of stack on Triton 3.6; t4:1:8:4 none)
+            cfgs.sort(key=lambda c: c[1] * NP / c[3])
     else:
         cfgs = [parse_cfg(c) for c in listed.split(",")]
         if any(c[0] not in variants or len(c) not in (4, 5) for c in cfgs):
@@ -109,8 +167,9 @@ def _candidates(dim, groups, cfgs, kind, NP=16):
                              f"got {listed!r}")
     if os.environ.get("TRITON_INTERPRET") == "1":
         # the interpreter's cost is per operation, not per element: fewer, wider programs are faster
-        variant, bl = cfgs[0][0], cfgs[0][2]
-        cfgs = [(variant, bd, bl, 4) for bd in (16, 8, 4, 2, 1)]
+        # (the warps change no result there, but one warp selects the backward's reduce-scatter)
+        variant, bl, warps = cfgs[0][0], cfgs[0][2], cfgs[0][3]
+        cfgs = [(variant, bd, bl, warps) for bd in (16, 8, 4, 2, 1)]
     if kind != "fwd" and any(SAVE_CHUNK % c[2] for c in cfgs):
         # the training forward saves the state every SAVE_CHUNK // BL chunks, and the backward's
         # sub-chunks (BL) tile the SAVE_CHUNK-step windows between saved states
@@ -143,9 +202,12 @@ FWD_TRAIN_CFGS = [("t4", 16, 16, 2), ("t4", 32, 16, 4), ("t4", 8, 16, 1), ("t4",
                   ("t4", 8, 16, 1, 32), ("t4", 8, 16, 1, 48), ("t4", 16, 16, 2, 16),
                   ("t4p2", 8, 16, 1), ("t4p2", 32, 8, 4), ("t4p2", 8, 16, 1, 48), ("t4p2", 32, 8, 4, 16)]
 # (8, 8, 1, 32), v18: the chunk-parallel pick on Triton 3.9 (where the 16-channel tiles lose their two
-# channels per thread: kernel notes) and for fp32 on 3.6; bf16 on 3.6 keeps (16, 4, 1, 32).
-BWD_CFGS = [("t4", 4, 8, 1), ("t4", 8, 8, 1), ("t4", 16, 4, 1), ("t4", 4, 8, 1, 16), ("t4", 4, 8, 1, 24),
-            ("t4", 4, 8, 1, 32), ("t4", 4, 8, 1, 48), ("t4", 4, 8, 1, 64), ("t4", 16, 4, 1, 32), ("t4", 8, 8, 1, 32)]
+# channels per thread: kernel notes) and for fp32 on 3.6. v25: dB and dC reduce-scattered over the
+# channel lanes (scatter_lanes) make (8, 8, 1) the fastest at batch 8 and (8, 8, 1, 32) at batch 1 (the
+# chunk-parallel one first: at batch 8 it resolves to one group and drops out, so that without tuning
+# each batch size gets its own).
+BWD_CFGS = [("t4", 8, 8, 1, 32), ("t4", 8, 8, 1), ("t4", 8, 8, 1, 24), ("t4", 8, 8, 1, 48), ("t4", 16, 4, 1),
+            ("t4", 16, 4, 1, 32), ("t4", 4, 8, 1), ("t4", 4, 8, 1, 16), ("t4", 4, 8, 1, 32), ("t4", 4, 8, 1, 64)]
 
 
 # Knobs read by the candidate lists and group counts: part of the memo keys below, so a changed
@@ -378,7 +440,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
                 BD=sbd, NP=NP, BL=sbl, NR=min(4, NP), WIN=SAVE_CHUNK, HAS_Z=z is not None,
                 HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), CHAN_AXIS=chan_axis("bwd", 1),
                 **launch_options(1))
-        COMPILED["scan_bwd"] = launch(scan_bwd_t4_kernel, grid,
+        args = (
             u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, states, dout, dlast if dlast is not None else dummy,
             ypre if ypre is not None else dummy,
@@ -387,12 +449,18 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
             *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
             *_strides_bc(B, groups), *_strides_bc(C, groups), *_strides3(dout),
             *_strides3(du), *_strides3(ddelta), *_strides3(dz),
-            gB.stride(0), gB.stride(1), gB.stride(2), gB.stride(3),
-            BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(softplus), HAS_DLAST=dlast is not None, DETERMINISTIC=det,
-            NR=min(4, NP), WIN=SAVE_CHUNK, GROUPED=G > 1, HAS_YPRE=ypre is not None,
-            CHAN_AXIS=chan_axis("bwd", warps), **launch_options(warps),
-        )
+            gB.stride(0), gB.stride(1), gB.stride(2), gB.stride(3))
+        kw = dict(BD=bd, NP=NP, BL=bl, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                  SOFTPLUS=bool(softplus), HAS_DLAST=dlast is not None, DETERMINISTIC=det,
+                  NR=min(4, NP), WIN=SAVE_CHUNK, GROUPED=G > 1, HAS_YPRE=ypre is not None,
+                  CHAN_AXIS=chan_axis("bwd", warps), **launch_options(warps))
+        bdl = scatter_lanes(bd, bl, warps, NP)
+        compiled = CHECK_FAILED
+        if bdl:
+            compiled = launch(scan_bwd_t4_kernel, grid, *args, BDL=bdl, check=_layout_check(NP, bdl), **kw)
+        if compiled is CHECK_FAILED:
+            compiled = launch(scan_bwd_t4_kernel, grid, *args, **kw)
+        COMPILED["scan_bwd"] = compiled
         return gB, gC, K, dA_p, dD_p, db_p
 
     key = (batch, dim, _bucket(seqlen), dstate, groups, str(u.dtype), D is not None, z is not None,
