@@ -335,10 +335,12 @@ def scan_fwd_t4_kernel(
 # tl.sum over channels that sit on lanes is a butterfly all-reduce: every channel lane ends with all
 # BL * NR sums (3 levels x BL * NR shuffles for 8 channel lanes), and one lane of each replica group adds
 # them. A reduce-scatter halves what each lane holds at every level instead (BL * NR / 2 + ... shuffles:
-# 14 instead of 48 for BL * NR = 16), and the 8 channel lanes then add disjoint parts. Triton has no
-# shuffle, so the exchange is PTX shfl.sync.bfly. It relies on the tiles' layout (triton_scan_op
-# lanes_first): the state groups (NQ lanes) on the lowest lane bits, then BDL channel lanes, one warp.
-# The interpreter runs the same exchange as a gather along the channel axis.
+# 14 instead of 48 for BL * NR = 16), and the 8 channel lanes then add disjoint parts (kernel notes v25).
+# Triton has no shuffle, so the exchange is PTX shfl.sync.bfly, which is right only on the layout it was
+# written for: one warp, the state groups (NQ lanes) on the lowest lane bits, then BDL channel lanes.
+# Triton chooses layouts itself, so the launcher checks each compiled kernel's (triton_scan_op
+# scatter_lanes, shuffle_layouts_ok) and uses BDL = 0 (tl.sum) where it differs. The interpreter runs
+# the same exchange as a gather along the channel axis.
 @triton.jit
 def _lane_swap(x, lane, K: tl.constexpr, LANE_MASK: tl.constexpr):
     """x [BDL, NQ, V] with the BDL axis on lanes (bit K of its index on lane bit log2(LANE_MASK)): the
@@ -346,7 +348,7 @@ def _lane_swap(x, lane, K: tl.constexpr, LANE_MASK: tl.constexpr):
     if FAST_MATH:
         r = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, 0xffffffff;", "=f,f,r",
                                       [x, tl.full(x.shape, LANE_MASK, tl.int32)], dtype=tl.float32,
-                                      is_pure=False, pack=1)
+                                      is_pure=False, pack=1)   # reads other lanes: not a per-element op
     else:
         r = tl.gather(x, (lane ^ (1 << K)) + tl.zeros(x.shape, tl.int32), axis=0)
     return r
@@ -385,6 +387,7 @@ def _chan_scatter_add(x, ptr, t0, seqlen, dstate, s_gl, s_gn, BL: tl.constexpr, 
         tl.store(ptr + off, s, mask=msk)
     else:
         tl.atomic_add(ptr + off, s, mask=msk, sem="relaxed")
+
 
 @triton.jit
 def _bwd_chunk_loads(c, offs_l, seqlen, mask_d, mask_n3, u_base, dl_base, B_base, C_base, z_base, o_base,
@@ -431,7 +434,8 @@ def scan_bwd_t4_kernel(
     delta load). dL/dlast enters as the carry at the padded end (padded steps have a = 1 and no
     input, so it reaches step seqlen - 1 unchanged); dL/dh_{-1} = a_0 dh_0 is the final carry.
     Per-channel sums (du, ddelta, dz, dD, dA, ddelta_bias) stay in the program; dB and dC are
-    reduced over its channels and added atomically (or stored per program in deterministic mode).
+    reduced over its channels (with BDL > 0 by _chan_scatter_add's reduce-scatter over BDL channel
+    lanes, else tl.sum) and added atomically (or stored per program in deterministic mode).
 
     Chunk-parallel mode (GROUPED, v6; few programs, e.g. batch 1 at 256K): grid axis 2 splits the
     windows into groups of ``wpg``. scan_bwd_t4_summary_kernel stored, for every group j but the
@@ -602,10 +606,11 @@ def scan_bwd_t4_kernel(
                     tl.atomic_add(gC_base + t64[:, None, None] * s_gl, gC, mask=mnt, sem="relaxed")
             else:
                 t0 = w * WIN + jb * BL
-                _chan_scatter_add(dhs * _chan4(dlu, CHAN_AXIS), dB_ptr + pid_b * s_gb + k64 * s_gk, t0, seqlen, dstate, s_gl, s_gn, BL, NQ, BD,
-                                  NR, BDL, CHAN_AXIS, DETERMINISTIC)
-                _chan_scatter_add(hs * _chan4(dy, CHAN_AXIS), dC_ptr + pid_b * s_gb + k64 * s_gk, t0, seqlen, dstate, s_gl, s_gn, BL, NQ, BD,
-                                  NR, BDL, CHAN_AXIS, DETERMINISTIC)
+                row = pid_b * s_gb + k64 * s_gk
+                _chan_scatter_add(dhs * _chan4(dlu, CHAN_AXIS), dB_ptr + row, t0, seqlen, dstate, s_gl, s_gn,
+                                  BL, NQ, BD, NR, BDL, CHAN_AXIS, DETERMINISTIC)
+                _chan_scatter_add(hs * _chan4(dy, CHAN_AXIS), dC_ptr + row, t0, seqlen, dstate, s_gl, s_gn,
+                                  BL, NQ, BD, NR, BDL, CHAN_AXIS, DETERMINISTIC)
 
     if pid_g == 0:
         tl.store(dinit_ptr + row4, a_next * dh, mask=mask_dn4)
