@@ -324,18 +324,9 @@ def _bwd_cfgs():
     return [op.cfg_text(c) for c in op.BWD_CFGS]
 
 
-@DTYPES
-@pytest.mark.parametrize("groups", [None, 2], ids=["plain", "grouped"])
-@pytest.mark.parametrize("cfg", _bwd_cfgs())
-def test_scan_every_backward_candidate_vs_float64(monkeypatch, cfg, groups, dtype, tol):
-    """Each backward configuration the tuner may pick (fp32 and bf16, float64 reference, NaN-poisoned
-    outputs); the chunk-parallel ones (5 fields, v6) split into 3 sequence groups (1000 steps:
-    11 + 11 + 10 windows)."""
-    monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", cfg)
-    if cfg.count(":") == 4:
-        monkeypatch.setenv("LONGSEQ_SCAN_BWD_GROUPS", "3")
-    gen = torch.Generator(device=DEV).manual_seed(5)
-    t = scan_inputs(2, 64, 1000, 16, groups, dtype, gen)
+def _grads_vs_float64(t, dtype, tol, gen):
+    """Every gradient of sum(y * gy) + sum(last * gl) (random gy, gl) from the scan on inputs t, with its
+    outputs' memory NaN-poisoned first, against the float64 reference's."""
     xs = {k: v.clone().requires_grad_() for k, v in t.items()}
     xr = {k: v.double().requires_grad_() for k, v in t.items()}
     y, last = call(T().selective_scan, xs)
@@ -349,6 +340,20 @@ def test_scan_every_backward_candidate_vs_float64(monkeypatch, cfg, groups, dtyp
         assert torch.isfinite(xs[k].grad).all(), k
         assert rel(xs[k].grad, xr[k].grad) < tol, (k, rel(xs[k].grad, xr[k].grad))
 
+
+@DTYPES
+@pytest.mark.parametrize("groups", [None, 2], ids=["plain", "grouped"])
+@pytest.mark.parametrize("cfg", _bwd_cfgs())
+def test_scan_every_backward_candidate_vs_float64(monkeypatch, cfg, groups, dtype, tol):
+    """Each backward configuration the tuner may pick (fp32 and bf16, float64 reference, NaN-poisoned
+    outputs); the chunk-parallel ones (5 fields, v6) split into 3 sequence groups (1000 steps:
+    11 + 11 + 10 windows)."""
+    monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", cfg)
+    if cfg.count(":") == 4:
+        monkeypatch.setenv("LONGSEQ_SCAN_BWD_GROUPS", "3")
+    gen = torch.Generator(device=DEV).manual_seed(5)
+    t = scan_inputs(2, 64, 1000, 16, groups, dtype, gen)
+    _grads_vs_float64(t, dtype, tol, gen)
 
 
 @DTYPES
@@ -372,21 +377,11 @@ def test_backward_reduce_scatter_gpu(monkeypatch, cfg, batch, dim, seqlen, dstat
     triton_launch._COMPILED.clear()
     gen = torch.Generator(device=DEV).manual_seed(seqlen + dim)
     t = scan_inputs(batch, dim, seqlen, dstate, groups, dtype, gen)
-    xs = {k: v.clone().requires_grad_() for k, v in t.items()}
-    xr = {k: v.double().requires_grad_() for k, v in t.items()}
-    y, last = call(T().selective_scan, xs)
-    yr, lr = call(R.selective_scan_ref, xr)
-    gy = torch.randn(y.shape, generator=gen, device=DEV).to(dtype)
-    gl = torch.randn(last.shape, generator=gen, device=DEV)
-    poison_allocator()
-    ((y * gy).sum() + (last * gl).sum()).backward()
-    ((yr * gy.double()).sum() + (lr * gl.double()).sum()).backward()
-    for k in ARGS:
-        assert torch.isfinite(xs[k].grad).all(), k
-        assert rel(xs[k].grad, xr[k].grad) < tol, (k, rel(xs[k].grad, xr[k].grad))
+    _grads_vs_float64(t, dtype, tol, gen)
     taken = [v[0] is not triton_launch.CHECK_FAILED for k, v in triton_launch._COMPILED.items() if ("BDL", 8) in k[2]]
     if cfg == "t4:8:8:1":
         assert taken == [True] or seqlen == 1, taken
+
 
 def test_scan_backward_64bit_offsets_past_2_31_elements():
     # batch*dim*seqlen = 2^31 + 2^21: the backward's per-channel gradients of the first and last channels

@@ -456,9 +456,9 @@ def test_backward_reduce_scatter_of_dB_dC(monkeypatch, cfg, batch, dim, seqlen, 
     a reduce-scatter over the channel lanes (triton_scan._chan_scatter_add; here its lane exchange runs as
     a gather along the channel axis): every gradient vs float64, with either tile axis order, atomics and
     deterministic stores, whole and chunk-parallel."""
-    from longseq.kernels.triton_scan_op import parse_cfg, scatter_lanes
-    _, bd, bl, warps = parse_cfg(cfg)[:4]
-    assert scatter_lanes(bd, bl, warps, 16 if dstate > 8 else 8) > 0
+    from longseq.kernels import triton_scan_op as op
+    _, bd, bl, warps = op.parse_cfg(cfg)[:4]
+    assert op.scatter_lanes(bd, bl, warps, 16 if dstate > 8 else 8, op.chan_axis("bwd", 1)) > 0
     monkeypatch.setenv("LONGSEQ_SCAN_BWD_CFGS", cfg)
     monkeypatch.setenv("LONGSEQ_SCAN_CHAN_AXIS", chan_axis)
     monkeypatch.setenv("LONGSEQ_DETERMINISTIC", det)
@@ -472,14 +472,19 @@ def test_backward_reduce_scatter_of_dB_dC(monkeypatch, cfg, batch, dim, seqlen, 
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
 
 
-def test_scatter_lanes_only_where_the_exchange_fits():
-    """The reduce-scatter needs one warp, whole channel-lane groups in the program and at least one
-    step per lane; everything else sums with tl.sum."""
-    from longseq.kernels.triton_scan_op import scatter_lanes
-    assert scatter_lanes(16, 4, 1, 16) == 8 and scatter_lanes(8, 8, 1, 16) == 8
-    assert scatter_lanes(16, 4, 1, 8) == 16 and scatter_lanes(4, 8, 1, 64) == 0   # dstate 64: 2 lanes, J > BL
-    assert scatter_lanes(1, 8, 1, 256) == 0 and scatter_lanes(2, 8, 1, 128) == 0
-    assert scatter_lanes(4, 8, 1, 16) == 0 and scatter_lanes(16, 4, 2, 16) == 0 and scatter_lanes(16, 1, 1, 16) == 0
+def test_scatter_lanes_only_where_the_exchange_fits(monkeypatch):
+    """The reduce-scatter needs one warp, whole channel-lane groups in the program, at least one step
+    per lane and, on a GPU, the tiles' natural axis order; everything else sums with tl.sum."""
+    from longseq.kernels.triton_scan_op import _ASCENDING_TIES, scatter_lanes
+    a = 2 if _ASCENDING_TIES else 1
+    assert scatter_lanes(16, 4, 1, 16, a) == 8 and scatter_lanes(8, 8, 1, 16, a) == 8
+    assert scatter_lanes(16, 4, 1, 8, a) == 16 and scatter_lanes(4, 8, 1, 64, a) == 0   # dstate 64: 2 lanes, J > BL
+    assert scatter_lanes(1, 8, 1, 256, a) == 0 and scatter_lanes(2, 8, 1, 128, a) == 0
+    assert scatter_lanes(4, 8, 1, 16, a) == 0 and scatter_lanes(16, 4, 2, 16, a) == 0
+    assert scatter_lanes(16, 1, 1, 16, a) == 0
+    assert scatter_lanes(16, 4, 1, 16, 3 - a) == 8            # the interpreter has no lanes
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert scatter_lanes(16, 4, 1, 16, 3 - a) == 0            # compiled: LONGSEQ_SCAN_CHAN_AXIS forced the other order
 
 
 _LAYOUT_CHECK = """
@@ -495,7 +500,7 @@ f32 = {"A_ptr", "D_ptr", "bias_ptr", "states_ptr", "dlast_ptr", "dB_ptr", "dC_pt
        "dbias_ptr", "dinit_ptr", "esum_ptr", "ssum_ptr"}
 unit = {"s_ul", "s_dl", "s_zl", "s_Bl", "s_Cl", "s_ol", "s_dul", "s_ddl", "s_dzl", "s_gl"}
 for bd, bl, np_, dt in ((16, 4, 16, "bf16"), (8, 8, 16, "bf16"), (8, 8, 16, "fp32"), (16, 4, 8, "fp32")):
-    bdl = scatter_lanes(bd, bl, 1, np_)
+    bdl = scatter_lanes(bd, bl, 1, np_, chan_axis("bwd", 1))
     # as a contiguous call specialises them: unit time strides, other integers and pointers 16-aligned
     const = dict(BD=bd, NP=np_, BL=bl, NR=4, WIN=32, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True,
                  HAS_DLAST=False, DETERMINISTIC=False, GROUPED=False, HAS_YPRE=True,

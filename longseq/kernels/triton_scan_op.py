@@ -44,12 +44,13 @@ def chan_axis(kind: str, warps: int) -> int:
     return 1
 
 
-def scatter_lanes(bd: int, bl: int, warps: int, NP: int) -> int:
+def scatter_lanes(bd: int, bl: int, warps: int, NP: int, axis: int) -> int:
     """The channel lanes over which the backward reduce-scatters dB and dC (triton_scan._chan_scatter_add),
-    or 0 for a plain tl.sum. The exchange assumes the layout that chan_axis("bwd", 1) gives: one warp, the
-    NQ state groups on the lowest lane bits and the channels on the rest (tests/test_kernels_layout.py
-    checks it on the installed Triton); each lane then keeps J = BL * NR / lanes consecutive steps."""
-    if chan_axis("bwd", warps) != (2 if _ASCENDING_TIES else 1) and os.environ.get("TRITON_INTERPRET") != "1":
+    or 0 for a plain tl.sum. The exchange assumes the layout that the tiles' natural axis order (`axis`,
+    chan_axis) gives: one warp, the NQ state groups on the lowest lane bits and the channels on the rest
+    (shuffle_layouts_ok checks each compiled kernel); each lane then keeps J = BL * NR / lanes
+    consecutive steps."""
+    if axis != (2 if _ASCENDING_TIES else 1) and os.environ.get("TRITON_INTERPRET") != "1":
         return 0      # LONGSEQ_SCAN_CHAN_AXIS forced the other order: the channels take the low lane bits
     nr = min(4, NP)
     lanes = 32 // (NP // nr)          # 0 above 128 states: the state groups fill the warp
@@ -62,8 +63,9 @@ def shuffle_layouts_ok(ttgir: str, NP: int, bdl: int) -> bool:
     """Whether every lane exchange of the reduce-scatter in a compiled backward (its TritonGPU IR) runs on
     the lanes it was written for: lane bit b holds bit b of the state group below log2(NQ) and bit
     b - log2(NQ) of the channel lane above. Triton chooses the layouts; with some argument
-    specialisations it moves these tiles to another layout (tests/test_triton_kernels.py has one), so
-    the launcher checks each compiled backward once and falls back to tl.sum where this fails."""
+    specialisations it moves these tiles to another layout (an offline compile with every integer
+    argument unspecialised did, kernel notes v25), so the launcher checks each compiled backward once
+    and falls back to tl.sum where this fails."""
     nq = NP // min(4, NP)
     want = [[0, 1 << b, 0] for b in range(nq.bit_length() - 1)] + [[1 << b, 0, 0] for b in range(bdl.bit_length() - 1)]
     shuffled = re.findall(r"shfl.sync.bfly.*?: tensor<(\d+)x(\d+)x(\d+)xf32, (#[a-z]+\d*)>", ttgir)
@@ -454,7 +456,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, states, nee
                   SOFTPLUS=bool(softplus), HAS_DLAST=dlast is not None, DETERMINISTIC=det,
                   NR=min(4, NP), WIN=SAVE_CHUNK, GROUPED=G > 1, HAS_YPRE=ypre is not None,
                   CHAN_AXIS=chan_axis("bwd", warps), **launch_options(warps))
-        bdl = scatter_lanes(bd, bl, warps, NP)
+        bdl = scatter_lanes(bd, bl, warps, NP, kw["CHAN_AXIS"])
         compiled = CHECK_FAILED
         if bdl:
             compiled = launch(scan_bwd_t4_kernel, grid, *args, BDL=bdl, check=_layout_check(NP, bdl), **kw)
