@@ -441,7 +441,6 @@ def test_selective_scan_chunk_parallel_backward(monkeypatch, bwd_groups, batch, 
         assert rel(xs[k].grad, xr[k].grad) < 1e-4, (k, rel(xs[k].grad, xr[k].grad))
 
 
-
 @pytest.mark.parametrize("cfg,batch,dim,seqlen,dstate,groups,det,bwd_groups", [
     ("t4:16:4:1", 2, 40, 75, 16, None, "0", None),      # 3 channel blocks, the last one partial
     ("t4:8:8:1", 1, 16, 300, 16, 2, "0", None),         # grouped B/C
@@ -534,6 +533,7 @@ def test_reduce_scatter_lanes_match_the_compiled_layout():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", _LAYOUT_CHECK], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]
+
 
 def test_no_grad_takes_the_inference_forward(monkeypatch):
     """Under torch.no_grad() (and inference_mode) the parameters still require grad, but nothing will be

@@ -80,8 +80,10 @@ def shuffle_layouts_ok(ttgir: str, NP: int, bdl: int) -> bool:
             lanes = re.search(r"lane = (\[(?:\[[\d, ]*\](?:, )?)*\])", body)
             got = json.loads(lanes.group(1)) if lanes else None
         elif kind == "#ttg.blocked":    # the lane bits go to the dims in `order`, fastest first
-            spt, tpw, order = (json.loads(re.search(k + r" = (\[[\d, ]*\])", body).group(1))
-                               for k in ("sizePerThread", "threadsPerWarp", "order"))
+            fields = [re.search(k + r" = (\[[\d, ]*\])", body) for k in ("sizePerThread", "threadsPerWarp", "order")]
+            if not all(fields):
+                return False
+            spt, tpw, order = (json.loads(f.group(1)) for f in fields)
             got = [[(spt[d] << k) % int(shape[d]) if i == d else 0 for i in range(3)]
                    for d in order for k in range(tpw[d].bit_length() - 1)]
         else:
