@@ -51,6 +51,7 @@ def main(argv=None):
         for case in a.case:
             for name, root in variants.items():
                 times[case, name].append(run_case(root, *case.split(), a.reps))
+                print(f"  {case} {name}: {times[case, name][-1]:.4f} ms", file=sys.stderr, flush=True)
     rows = []
     print(f"{'case':44} {'baseline ms':>12} {'current ms':>11} {'ratio':>7}")
     for case in a.case:

@@ -114,9 +114,11 @@ def _to_f32(x):
     # bf16 -> f32 as an opaque instruction, so that the compiler converts each loaded value once
     # (in the load's layout) instead of after broadcasting it to the compute layout. Used for the
     # per-channel tiles (u, delta, z, ...). B and C, broadcast over the program's channels, are
-    # widened with a plain .to(float32) instead: their bf16 copies then go through shared memory
-    # (half the bytes on the L1/shared pipe, the busiest unit) and each thread widens its own,
-    # with fewer registers: 3-6% faster at bf16 on the H100 (docs/kernel_notes.md, v11)
+    # widened with a plain .to(float32) after the broadcast (_state4(B).to(float32)): their bf16
+    # copies then go through shared memory (half the bytes on the L1/shared pipe, the busiest unit)
+    # and each thread widens its own, with fewer registers: 3-6% faster at bf16 on the H100 (v11).
+    # Triton 3.6 keeps the conversion in bf16 with the widening before the broadcast too; 3.9 only
+    # with it after (v26: its backward 7-10% faster). (docs/kernel_notes.md)
     if FAST_MATH and x.dtype == tl.bfloat16:
         return tl.inline_asm_elementwise("cvt.f32.bf16 $0, $1;", "=r,h", [x], dtype=tl.float32,
                                          is_pure=True, pack=1)
@@ -300,22 +302,21 @@ def scan_fwd_t4_kernel(
         m2 = mask_t[:, None] & mask_d[None, :]
         u = _to_f32(u_raw)
         _, dl = _delta_tile(dl_raw, m2, bias, HAS_BIAS, SOFTPLUS)
-        Bt = B_raw.to(tl.float32)       # [BL, NQ, NR]; B and C: see _to_f32
         a = tl.exp2(_chan4(dl, CHAN_AXIS) * A2)                            # a 4-D tile over the BL steps
-        bx = _chan4(dl * u, CHAN_AXIS) * _state4(Bt, CHAN_AXIS)
+        bx = _chan4(dl * u, CHAN_AXIS) * _state4(B_raw, CHAN_AXIS).to(tl.float32)    # B and C: see _to_f32
         if SUMMARY:
             dsum += tl.sum(dl, axis=0)
             for s in tl.static_range(BL):
                 sel = l4 == s
                 h = _take(a, sel, nz) * h + _take(bx, sel, nz)
         else:
-            Ct = C_raw.to(tl.float32)
+            C4 = _state4(C_raw, CHAN_AXIS).to(tl.float32)
             hs = _zeros4(BL, NQ, BD, NR, CHAN_AXIS)
             for s in tl.static_range(BL):
                 sel = l4 == s
                 h = _take(a, sel, nz) * h + _take(bx, sel, nz)
                 hs = tl.where(sel, h, hs)
-            y = _sum_states(hs * _state4(Ct, CHAN_AXIS), CHAN_AXIS)       # [BL, BD]
+            y = _sum_states(hs * C4, CHAN_AXIS)                             # [BL, BD]
             if HAS_D:
                 y = y + Dv[None, :] * u
             if HAS_Z:
@@ -537,12 +538,12 @@ def scan_bwd_t4_kernel(
             u = _to_f32(u_raw)
             pre, dl = _delta_tile(pre_raw, m2, bias, HAS_BIAS, SOFTPLUS)
             mnt = (t < seqlen)[:, None, None] & mask_n3
-            Bt = B_raw.to(tl.float32)       # B and C: see _to_f32
-            Ct = C_raw.to(tl.float32)
+            B4 = _state4(B_raw, CHAN_AXIS).to(tl.float32)                  # B and C: see _to_f32
+            C4 = _state4(C_raw, CHAN_AXIS).to(tl.float32)
             dout = _to_f32(o_raw)
             dlu = dl * u
             a = tl.exp2(_chan4(dl, CHAN_AXIS) * A2)                        # a 4-D tile over the BL steps
-            bx = _chan4(dlu, CHAN_AXIS) * _state4(Bt, CHAN_AXIS)
+            bx = _chan4(dlu, CHAN_AXIS) * B4
             hs = _zeros4(BL, NQ, BD, NR, CHAN_AXIS)
             for s in tl.static_range(BL):
                 sel = l4 == s
@@ -553,7 +554,7 @@ def scan_bwd_t4_kernel(
                 if HAS_YPRE:
                     yv = _to_f32(yp_raw)                                    # y + D u before the gate
                 else:
-                    yv = _sum_states(hs * _state4(Ct, CHAN_AXIS), CHAN_AXIS)     # [BL, BD]
+                    yv = _sum_states(hs * C4, CHAN_AXIS)                       # [BL, BD]
                     if HAS_D:
                         yv = yv + Dv[None, :] * u
                 sz = _sigmoid(zt)
@@ -570,9 +571,9 @@ def scan_bwd_t4_kernel(
                 sr = BL - 1 - rs
                 sel = l4 == sr
                 if sr == BL - 1:
-                    dh = a_next * dh + _take(dy4, sel, nz) * _take(_state4(Ct, CHAN_AXIS), sel, nz)
+                    dh = a_next * dh + _take(dy4, sel, nz) * _take(C4, sel, nz)
                 else:
-                    dh = _take(a, l4 == sr + 1, nz) * dh + _take(dy4, sel, nz) * _take(_state4(Ct, CHAN_AXIS), sel, nz)
+                    dh = _take(a, l4 == sr + 1, nz) * dh + _take(dy4, sel, nz) * _take(C4, sel, nz)
                 if sr == 0:
                     hprev = h0
                 else:
@@ -583,7 +584,7 @@ def scan_bwd_t4_kernel(
                 dhhb = tl.where(sel, dh * hb, dhhb)
             a_next = _take(a, l4 == 0, nz)
 
-            dhB = _sum_states(dhs * _state4(Bt, CHAN_AXIS), CHAN_AXIS)          # [BL, BD]
+            dhB = _sum_states(dhs * B4, CHAN_AXIS)                          # [BL, BD]
             ddl = _sum_states(dhhb * A, CHAN_AXIS) + u * dhB
             dut = dl * dhB
             if HAS_D:
@@ -671,9 +672,8 @@ def scan_bwd_t4_summary_kernel(
         if HAS_Z:
             zt = _to_f32(z_raw)
             dy = dy * zt * _sigmoid(zt)
-        Ct = C_raw.to(tl.float32)       # broadcast over the channels in bf16: see _to_f32
         a = tl.exp2(_chan4(dl, CHAN_AXIS) * A2)
-        g = _chan4(dy, CHAN_AXIS) * _state4(Ct, CHAN_AXIS)
+        g = _chan4(dy, CHAN_AXIS) * _state4(C_raw, CHAN_AXIS).to(tl.float32)     # see _to_f32
         for rs in tl.static_range(BL):
             sel = l4 == BL - 1 - rs
             e = _take(a, sel, nz) * (e + _take(g, sel, nz))
