@@ -493,23 +493,29 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from longseq.kernels import triton_scan
 from longseq.kernels.triton_scan_op import chan_axis, scatter_lanes, shuffle_layouts_ok
-fn = triton_scan.scan_bwd_t4_kernel
-names = list(inspect.signature(fn.fn).parameters)
+
+
+def ttgir_of(fn, const, f32, dt, unaligned):
+    # one-warp sm_90 build, as a contiguous call specialises it: unit time strides (in const), the other
+    # integers (but `unaligned`) and pointers 16-aligned; f32: the float32 pointers, dt: the others' type
+    names = list(inspect.signature(fn.fn).parameters)
+    sig = {n: "constexpr" if n in const else ("*fp32" if n in f32 else "*" + dt) if n.endswith("_ptr") else "i32"
+           for n in names}
+    aligned = [i for i, n in enumerate(names) if n not in const and n not in unaligned]
+    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in const.items()},
+                    attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1)).asm["ttgir"]
+
+
 f32 = {"A_ptr", "D_ptr", "bias_ptr", "states_ptr", "dlast_ptr", "dB_ptr", "dC_ptr", "dA_ptr", "dD_ptr",
        "dbias_ptr", "dinit_ptr", "esum_ptr", "ssum_ptr"}
 unit = {"s_ul", "s_dl", "s_zl", "s_Bl", "s_Cl", "s_ol", "s_dul", "s_ddl", "s_dzl", "s_gl"}
 for bd, bl, np_, dt in ((16, 4, 16, "bf16"), (8, 8, 16, "bf16"), (8, 8, 16, "fp32"), (16, 4, 8, "fp32")):
     bdl = scatter_lanes(bd, bl, 1, np_, chan_axis("bwd", 1))
-    # as a contiguous call specialises them: unit time strides, other integers and pointers 16-aligned
     const = dict(BD=bd, NP=np_, BL=bl, NR=4, WIN=32, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True,
                  HAS_DLAST=False, DETERMINISTIC=False, GROUPED=False, HAS_YPRE=True,
                  CHAN_AXIS=chan_axis("bwd", 1), BDL=bdl, **{n: 1 for n in unit})
-    sig = {n: "constexpr" if n in const else ("*fp32" if n in f32 else "*" + dt) if n.endswith("_ptr") else "i32"
-           for n in names}
-    aligned = [i for i, n in enumerate(names) if n not in const and n not in ("wpg", "nsaved")]
-    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in const.items()},
-                    attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
-    ttgir = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1)).asm["ttgir"]
+    ttgir = ttgir_of(triton_scan.scan_bwd_t4_kernel, const, f32, dt, ("wpg", "nsaved"))
     assert shuffle_layouts_ok(ttgir, np_, bdl), (bd, bl, np_, dt)
     if dt == "bf16":   # pass B's B and C reach the channels' lanes still as bf16 (widened after: v11, v26)
         assert ttgir.count("-> tensor<%dx4x4xbf16, #ttg.slice" % bl) >= 2, (bd, bl, "B/C broadcast in float32")
@@ -521,18 +527,11 @@ for bd, bl, np_, dt in ((16, 4, 16, "bf16"), (8, 8, 16, "bf16"), (8, 8, 16, "fp3
     moved = re.sub(r"threadsPerWarp = \\[(\\d+), (\\d+), (\\d+)\\]", r"threadsPerWarp = [\\3, \\2, \\1]", moved)
     assert moved != ttgir and not shuffle_layouts_ok(moved, np_, bdl), (bd, bl, np_, dt)
 # the one-warp training forward, bf16: B and C reach the channels' lanes as bf16 too
-fwd = triton_scan.scan_fwd_t4_kernel
-names = list(inspect.signature(fwd.fn).parameters)
 const = dict(BD=8, NP=16, BL=16, NR=4, SAVE_EVERY=2, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True,
              HAS_INIT=False, SAVE_STATES=True, SUMMARY=False, GROUPED=False, SAVE_YPRE=True,
              CHAN_AXIS=chan_axis("fwd", 1), AHEAD=1, **{n: 1 for n in ("s_ul", "s_dl", "s_zl", "s_Bl", "s_Cl", "s_yl")})
 f32 = {"A_ptr", "D_ptr", "bias_ptr", "init_ptr", "states_ptr", "last_ptr", "hsum_ptr", "ssum_ptr"}
-sig = {n: "constexpr" if n in const else ("*fp32" if n in f32 else "*bf16") if n.endswith("_ptr") else "i32"
-       for n in names}
-aligned = [i for i, n in enumerate(names) if n not in const and n not in ("cpp", "nchunks")]
-src = ASTSource(fwd, sig, constexprs={(names.index(k),): v for k, v in const.items()},
-                attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
-ttgir = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1)).asm["ttgir"]
+ttgir = ttgir_of(triton_scan.scan_fwd_t4_kernel, const, f32, "bf16", ("cpp", "nchunks"))
 assert ttgir.count("-> tensor<16x4x4xbf16, #ttg.slice") >= 2, "forward: B/C broadcast in float32"
 print("ok", triton.__version__)
 """
@@ -544,8 +543,9 @@ def test_reduce_scatter_lanes_match_the_compiled_layout():
     check fails). Compiled for sm_90 with the installed Triton (no GPU needed; in a process without the
     interpreter, which would not compile the exchanges) and the specialisation of contiguous tensors, the
     one-warp backwards pass the check, and the same IR with two lane bits exchanged does not. At bf16, B and
-    C are converted to the broadcast layout as bf16 in the backward and the forward (Triton 3.7+ converted float32 when they were widened
-    first: half the shared-memory traffic, 7-10% of the backward on 3.9; kernel notes v26)."""
+    C are converted to the broadcast layout as bf16 in the backward and the forward (Triton 3.7+ converted
+    float32 when they were widened first: twice the shared-memory traffic, 7-10% of the backward on 3.9;
+    kernel notes v26)."""
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
