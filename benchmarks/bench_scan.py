@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+# every run times its own candidates (its report lists the trials), whatever an earlier run stored
+os.environ.setdefault("LONGSEQ_TUNE_CACHE", "0")
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from longseq.kernels import reference as R  # noqa: E402
 from longseq.kernels import triton_ops, triton_scan_op, triton_tune  # noqa: E402

@@ -4,10 +4,12 @@
 
 In one process: a MambaLM's training step (bf16 autocast, cross-entropy, backward, AdamW) three
 times, then its inference forward three times, each timed to the GPU's end. The first of each pays
-Triton's compilation (unless its on-disk cache already holds the kernels) and the tuner's trials;
-the later ones are the steady state. Run it twice with the same $TRITON_CACHE_DIR to separate the
-two costs (cold, then warm compilation cache), and with LONGSEQ_AUTOTUNE=0 for no trials. Prints
-one JSON line: wall seconds of every call, the tuner's trial count and the kernels it picked.
+Triton's compilation (unless its on-disk cache already holds the kernels) and the tuner's trials
+(unless the tuner's disk cache holds the winners: ``$LONGSEQ_CACHE/tune``, off with
+LONGSEQ_TUNE_CACHE=0); the later ones are the steady state. Run it several times with the same
+$TRITON_CACHE_DIR and $LONGSEQ_CACHE to separate the costs (cold; warm compilation cache, tuner's
+cache off; both warm), and with LONGSEQ_AUTOTUNE=0 for no trials. Prints one JSON line: wall
+seconds of every call, the tuner's trial count and the kernels it picked.
 """
 from __future__ import annotations
 
@@ -62,9 +64,10 @@ def main(argv=None):
 
     row = dict(tag=a.tag, device=torch.cuda.get_device_name(), seqlen=a.seqlen, batch=a.batch, d_model=a.d_model,
                n_layer=a.n_layer, autotune=os.environ.get("LONGSEQ_AUTOTUNE", "1"),
+               tune_cache=os.environ.get("LONGSEQ_TUNE_CACHE", "1"),
                train_s=[round(timed(train_step), 4) for _ in range(3)],
                infer_s=[round(timed(infer), 4) for _ in range(3)],
-               trials=len(triton_tune.TRIALS), picked=[(n, str(k), str(c)) for n, k, c, _ in triton_tune.LOG])
+               trials=len(triton_tune.TRIALS), from_disk=len(triton_tune.LOADED), picked=[(n, str(k), str(c)) for n, k, c, _ in triton_tune.LOG])
     print(json.dumps(row), flush=True)
 
 

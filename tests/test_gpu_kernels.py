@@ -101,15 +101,19 @@ def fwd_bwd_vs_float64(dtype, tol, batch, dim, seqlen, dstate, groups):
 
 
 @pytest.mark.parametrize("workers", ["4", "1"], ids=["thread-pool", "one-by-one"])
-def test_tuner_compiles_its_candidates_before_timing_them(monkeypatch, workers):
+def test_tuner_compiles_its_candidates_before_timing_them(monkeypatch, tmp_path, workers):
     """With the tuner on and nothing compiled yet, every candidate's scan kernels are compiled in the
     tuner's thread pool (Triton's AsyncCompileMode) before any is timed, or one by one with
-    LONGSEQ_COMPILE_WORKERS=1; the tuned scan then matches float64, outputs and gradients."""
+    LONGSEQ_COMPILE_WORKERS=1; the tuned scan then matches float64, outputs and gradients. A later
+    process (the tuner's memory cleared) takes the winners from the disk cache and times nothing."""
     import threading
 
     import triton.compiler
     from longseq.kernels import triton_launch, triton_scan, triton_tune
     monkeypatch.setenv("LONGSEQ_AUTOTUNE", "1")
+    monkeypatch.setenv("LONGSEQ_CACHE", str(tmp_path))
+    monkeypatch.delenv("LONGSEQ_TUNE_CACHE", raising=False)
+    monkeypatch.setattr(triton_tune, "_DISK", {})
     monkeypatch.setenv("LONGSEQ_COMPILE_WORKERS", workers)
     threads = []
     compile_ = triton.compiler.compile
@@ -131,6 +135,14 @@ def test_tuner_compiles_its_candidates_before_timing_them(monkeypatch, workers):
     assert len(timed) >= 6 and threads          # forward and backward lists timed; kernels compiled here
     pooled = [t for t in threads if t.startswith("longseq-compile")]
     assert pooled == (threads if workers != "1" else [])
+    picked = dict(triton_tune._CACHE)
+    files = list((tmp_path / "tune").iterdir())
+    assert len(files) == 1 and torch.cuda.get_device_name().replace(" ", "_") in files[0].name
+    monkeypatch.setattr(triton_tune, "_CACHE", {})
+    monkeypatch.setattr(triton_tune, "_DISK", {})
+    trials = len(triton_tune.TRIALS)
+    fwd_bwd_vs_float64(torch.bfloat16, 1e-2, 2, 40, 300, 16, None)
+    assert len(triton_tune.TRIALS) == trials and triton_tune._CACHE == picked
 
 
 def test_scan_deterministic_mode_is_bitwise_repeatable(monkeypatch):

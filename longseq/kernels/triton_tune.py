@@ -3,41 +3,65 @@
 Triton's ``@triton.autotune`` re-runs the kernel many times while timing it, which is wrong for a
 kernel that accumulates into (or writes in place over) its arguments. Here each kernel wrapper
 passes a ``run(cfg)`` closure that allocates or zeroes what it writes, so every trial starts clean,
-and the winner is cached per key. Tuning happens only on CUDA (never under TRITON_INTERPRET) and
-can be switched off with ``LONGSEQ_AUTOTUNE=0`` (the first valid candidate is used then).
+and the winner is cached per key: in the process, and on disk for later processes
+(:func:`disk_cache_path`). Tuning happens only on CUDA (never under TRITON_INTERPRET) and can be
+switched off with ``LONGSEQ_AUTOTUNE=0`` (the first valid candidate is used then).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
+import tempfile
+import warnings
 
 import torch
 
 _CACHE: dict = {}
 LOG: list = []   # (kernel, key, cfg, ms) of each tuned winner, for the benchmark's report
 TRIALS: list = []  # (kernel, key, cfg, ms or None) of every trial
+LOADED: list = []  # (kernel, key, cfg) of each winner read from the disk cache
+_DISK: dict = {}   # path -> {entry key: {"cfg": repr, "ms": float}}, as read from that file
+_WARNED: set = set()
 
 
 def enabled(t: torch.Tensor) -> bool:
     return t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get("LONGSEQ_AUTOTUNE", "1") != "0"
 
 
+def _time(run, cfg) -> float:
+    """Median milliseconds of ``run(cfg)`` on the GPU."""
+    from triton.testing import do_bench
+    return do_bench(lambda: run(cfg), warmup=5, rep=20, return_mode="median")
+
+
 def pick(name: str, key, candidates: list, run, device_tensor: torch.Tensor):
     """Return the fastest of ``candidates`` for ``key`` (timing ``run(cfg)``), or the first if not tuning.
-    All candidates are compiled first, in parallel where Triton allows (:func:`_compile_in_parallel`)."""
+    All candidates are compiled first, in parallel where Triton allows (:func:`_compile_in_parallel`).
+    A winner found by an earlier process on the same GPU model, software and kernel code is read
+    from the disk cache instead (:func:`disk_cache_path`)."""
     if not candidates:
         raise RuntimeError(f"{name}: no valid kernel configuration")
     if len(candidates) == 1 or not enabled(device_tensor):
         return candidates[0]
-    full = (name,) + tuple(key)
+    full = (name, _device_name(device_tensor.device)) + tuple(key)
     if full in _CACHE:
         return _CACHE[full]
-    from triton.testing import do_bench
+    # the entry names the candidate list too: a winner stands only against the same rivals
+    entry = repr(full + (tuple(map(repr, candidates)),))
+    path = disk_cache_path(device_tensor.device)
+    stored = _disk_entries(path).get(entry) if path else None
+    by_repr = {repr(c): c for c in candidates}
+    if stored is not None and stored.get("cfg") in by_repr:
+        best = _CACHE[full] = by_repr[stored["cfg"]]
+        LOADED.append((name, key, best))
+        return best
     _compile_in_parallel(candidates, run)
     best, best_ms = None, float("inf")
     for cfg in candidates:
         try:
-            ms = do_bench(lambda: run(cfg), warmup=5, rep=20, return_mode="median")
+            ms = _time(run, cfg)
         except Exception:  # a configuration that does not compile (e.g. out of resources) is skipped
             TRIALS.append((name, key, cfg, None))
             continue
@@ -46,9 +70,110 @@ def pick(name: str, key, candidates: list, run, device_tensor: torch.Tensor):
             best, best_ms = cfg, ms
     if best is None:
         best = candidates[0]
+    else:
+        if path:
+            _disk_store(path, entry, dict(cfg=repr(best), ms=best_ms))
     _CACHE[full] = best
     LOG.append((name, key, best, best_ms))
     return best
+
+
+# ---------------------------------------------------------------------------------- disk cache
+# Timing a kernel's candidates at a new shape costs about a second per kernel at small sizes and
+# tens of seconds for million-token sequences, in every new process (a training run, each
+# `longseq predict`). The winners are therefore kept on disk, one JSON file per GPU model, Triton,
+# PyTorch and version of the kernels' code (a hash of longseq/kernels/*.py): a change of any of
+# them starts a new file, as the timings no longer hold.
+
+def _device_name(dev: torch.device) -> str:
+    return _cuda_device_name(dev.index if dev.index is not None else torch.cuda.current_device()) \
+        if dev.type == "cuda" else dev.type
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+@functools.lru_cache(maxsize=None)
+def _code_digest() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py"):
+            with open(os.path.join(here, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()[:12]
+
+
+def disk_cache_path(dev: torch.device) -> str | None:
+    """The file of tuned winners for ``dev``, or None where ``$LONGSEQ_TUNE_CACHE`` is ``0`` (off).
+
+    It lies in ``tune/`` of the longseq cache (``$LONGSEQ_CACHE``, else ``~/.cache/longseq``). Its
+    name holds the GPU model, the Triton and PyTorch versions and a hash of the kernels' code and of
+    the environment variables that steer the scan kernels (``LONGSEQ_SCAN_*``), so that no timing is
+    reused where it may not hold. Delete the folder to tune again."""
+    if os.environ.get("LONGSEQ_TUNE_CACHE") == "0":
+        return None
+    import triton
+    folder = os.path.join(os.environ.get("LONGSEQ_CACHE") or os.path.expanduser("~/.cache/longseq"), "tune")
+    knobs = sorted((k, v) for k, v in os.environ.items() if k.startswith("LONGSEQ_SCAN_"))
+    digest = hashlib.sha256(repr((_code_digest(), knobs)).encode()).hexdigest()[:12]
+    model = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in _device_name(dev))
+    torch_version = torch.__version__.split("+")[0]
+    return os.path.join(folder, f"{model}-triton{triton.__version__}-torch{torch_version}-{digest}.json")
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _read(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (FileNotFoundError, NotADirectoryError):     # nothing stored yet
+        return {}
+    except (OSError, ValueError) as e:   # unreadable or not JSON: tune again, and say which file
+        _warn_once(f"longseq: ignoring the kernel tuning cache {path} ({e}); it will be rewritten")
+        return {}
+    entries = data.get("entries") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        _warn_once(f"longseq: ignoring the kernel tuning cache {path} (no 'entries' object); "
+                   "it will be rewritten")
+        return {}
+    return entries
+
+
+def _disk_entries(path: str) -> dict:
+    if path not in _DISK:
+        _DISK[path] = _read(path)
+    return _DISK[path]
+
+
+def _disk_store(path: str, entry: str, value: dict) -> None:
+    """Add one winner to the file: re-read it (another process may have added entries), then write
+    the union to a temporary file that replaces it in one step, so that a reader never sees half a
+    file. A folder that cannot be written only costs the re-tuning: a warning, once."""
+    entries = _disk_entries(path)
+    entries[entry] = value
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        merged = {**_read(path), **entries}
+        fd, tmp = tempfile.mkstemp(prefix=".tune-", suffix=".json", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"format": 1, "entries": merged}, f, indent=0)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        _DISK[path] = merged
+    except OSError as e:
+        _warn_once(f"longseq: cannot write the kernel tuning cache {path} ({e}); kernels will be "
+                   "tuned again in each process (set LONGSEQ_CACHE to a writable folder, or LONGSEQ_TUNE_CACHE=0)")
 
 
 def compile_workers() -> int:
