@@ -154,22 +154,20 @@ class Mamba(nn.Module):
         return self._A_cache[1]
 
     def _ssm_inputs(self, x: torch.Tensor):
-        """x: (batch, d_inner, L) after conv -> u (x, for the scan), delta (batch, d_inner, L), B, C
-        (batch, d_state, L), and the bias the scan adds to delta (None when delta has it already).
-        (``step`` has its own, on rows.)
+        """x: (batch, d_inner, L) after conv -> delta (batch, d_inner, L), B, C (batch, d_state, L),
+        and the bias the scan adds to delta (None when delta has it already). (``step`` has its own,
+        on rows.)
 
-        B and C are views of the x-projection's output (time contiguous; the scan takes strides). u is
-        x passed through the x-projection, which then adds the scan's gradient of u to its own in its
-        matrix multiply (projections.channels_to_channels)."""
+        B and C are views of the x-projection's output (time contiguous; the scan takes strides)."""
         if _weight_only(self.x_proj):
-            x_dbl, x = channels_to_channels(x, self.x_proj.weight, pass_input=True)
+            x_dbl = channels_to_channels(x, self.x_proj.weight)  # (batch, dt_rank + 2*d_state, L)
         else:
             x_dbl = self.x_proj(x.transpose(1, 2)).transpose(1, 2).contiguous()
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
         if _weight_only(self.dt_proj):
             # the bias is added inside the scan (with softplus), in float32
-            return x, channels_to_channels(dt, self.dt_proj.weight), B, C, self.dt_proj.bias.float()
-        return x, self.dt_proj(dt.transpose(1, 2)).transpose(1, 2).contiguous(), B, C, None
+            return channels_to_channels(dt, self.dt_proj.weight), B, C, self.dt_proj.bias.float()
+        return self.dt_proj(dt.transpose(1, 2)).transpose(1, 2).contiguous(), B, C, None
 
     def forward(self, hidden: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         """hidden (batch, L, d_model) -> (batch, L, d_model).
@@ -185,11 +183,12 @@ class Mamba(nn.Module):
             x, z = (t.contiguous() for t in self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1))
         weight = self.conv1d.weight.squeeze(1)
         conv_init = None if cache is None else cache.conv_state.to(x.dtype)
-        x, conv_final = causal_conv1d(x, weight, self.conv1d.bias, activation="silu",
-                                      initial_state=conv_init, return_final_state=True)
-        x, delta, B, C, delta_bias = self._ssm_inputs(x)
+        # the conv output is read by the x-projection and by the scan; its backward adds their gradients
+        x, u, conv_final = causal_conv1d(x, weight, self.conv1d.bias, activation="silu",
+                                         initial_state=conv_init, return_final_state=True, readers=2)
+        delta, B, C, delta_bias = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.float())
-        y, last = selective_scan(x, delta, A, B, C, self.D.float(), z=z,
+        y, last = selective_scan(u, delta, A, B, C, self.D.float(), z=z,
                                  delta_bias=delta_bias, delta_softplus=True,
                                  return_last_state=True,
                                  initial_state=None if cache is None else cache.ssm_state)

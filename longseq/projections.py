@@ -25,28 +25,18 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _bmm(a: torch.Tensor, b: torch.Tensor, add_to: torch.Tensor | None = None,
-         in_place: bool = False) -> torch.Tensor:
+def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """torch.bmm with a 2-D weight on either side broadcast over the other's batch (a stride-0 view);
     at batch 1 one torch.mm (cuBLAS picks its kernel for a plain product with less host time).
-    With ``add_to``, ``add_to + a @ b`` summed by the multiply itself (addmm, beta = 1: it reads
-    ``add_to`` once, where a separate addition reads both terms and writes the sum), into ``add_to``
-    itself if ``in_place``."""
-    if add_to is not None and add_to.dtype != a.dtype:       # e.g. a float32 input under autocast
-        product = _bmm(a, b).to(add_to.dtype)
-        return add_to.add_(product) if in_place else add_to + product
+    With ``out``, adds the product to it in place, in the multiply itself (beta = 1)."""
     if (a.shape[0] if a.dim() == 3 else b.shape[0]) == 1:
         a, b = a[0] if a.dim() == 3 else a, b[0] if b.dim() == 3 else b
-        if add_to is None:
-            return torch.mm(a, b).unsqueeze(0)
-        return torch.addmm(add_to[0], a, b, out=add_to[0] if in_place else None).view_as(add_to)
+        return torch.mm(a, b).unsqueeze(0) if out is None else out[0].addmm_(a, b).unsqueeze(0)
     if a.dim() == 2:
         a = a.expand(b.shape[0], *a.shape)
     if b.dim() == 2:
         b = b.expand(a.shape[0], *b.shape)
-    if add_to is None:
-        return torch.bmm(a, b)
-    return torch.baddbmm(add_to, a, b, out=add_to if in_place else None)
+    return torch.bmm(a, b) if out is None else out.baddbmm_(a, b)
 
 
 class _ChannelLinear(torch.autograd.Function):
@@ -54,22 +44,16 @@ class _ChannelLinear(torch.autograd.Function):
     ``rows_in`` the transpose of a (batch, L, k) input. The output is (batch, n, L), or (batch, L, n)
     with ``rows_out``; contiguous either way, as is the input's gradient in the input's layout. With
     ``parts`` > 1 (channels-first output only) the output comes as that many channel blocks, views of
-    one buffer, and their gradients are taken block by block: no concatenation in the backward.
-    With ``pass_input`` (one part) the input comes back too, as a view for a second reader, and the
-    input's gradient is that reader's gradient plus the product's, summed by the multiply."""
+    one buffer, and their gradients are taken block by block: no concatenation in the backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, rows_in: bool, rows_out: bool, parts: int, pass_input: bool = False):
-        x_in = x
+    def forward(ctx, x, weight, rows_in: bool, rows_out: bool, parts: int):
         dtype = _compute_dtype(x)
         x, w = x.to(dtype), weight.to(dtype)
         xc = x.mT if rows_in else x                                   # (batch, k, L), a view
         out = _bmm(xc.mT, w.t()) if rows_out else _bmm(w, xc)
         ctx.save_for_backward(x, w)
         ctx.rows = (rows_in, rows_out)
-        ctx.pass_input = pass_input
-        if pass_input:
-            return out, x_in.view_as(x_in)
         return out.chunk(parts, dim=1) if parts > 1 else out
 
     @staticmethod
@@ -78,21 +62,17 @@ class _ChannelLinear(torch.autograd.Function):
         rows_in, rows_out = ctx.rows
         xc = x.mT if rows_in else x
         # (autograd materialises the gradient of a part that reached no loss as zeros: none is None)
-        dx = None                   # the input's gradient: written in place once it is our own
-        if ctx.pass_input:          # the passed view's gradient, from the input's other reader
-            *grads, dx = grads
-        own = False
+        dx = None
         dw = torch.empty_like(w) if ctx.needs_input_grad[1] else None
         for i, (grad, wp) in enumerate(zip(grads, w.chunk(len(grads), dim=0))):   # each part's weight rows
             grad = grad.to(w.dtype)
             gc = grad.mT if rows_out else grad                        # (batch, n_p, L), a view
             if ctx.needs_input_grad[0]:
                 a, b = (gc.mT, wp) if rows_in else (wp.t(), gc)
-                dx = _bmm(a, b, add_to=dx, in_place=own)              # the sum in the GEMM
-                own = True
+                dx = _bmm(a, b, out=dx)                               # the parts' sum in the GEMM
             if dw is not None:
                 dw.chunk(len(grads), dim=0)[i].copy_((gc[0] @ xc[0].mT) if gc.shape[0] == 1 else _bmm(gc, xc.mT).sum(0))
-        return dx if ctx.needs_input_grad[0] else None, dw, None, None, None, None
+        return dx, dw, None, None, None
 
 
 def _check(name: str, x, weight, k_dim: int):
@@ -111,22 +91,17 @@ def rows_to_channels(x: torch.Tensor, weight: torch.Tensor, parts: int = 1):
     _check("rows_to_channels", x, weight, 2)
     if parts < 1 or weight.shape[0] % parts:
         raise ValueError(f"rows_to_channels: parts must divide the {weight.shape[0]} output channels; got {parts}")
-    return _ChannelLinear.apply(x, weight, True, False, parts, False)
+    return _ChannelLinear.apply(x, weight, True, False, parts)
 
 
-def channels_to_channels(x: torch.Tensor, weight: torch.Tensor, pass_input: bool = False):
+def channels_to_channels(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """weight @ x for x (batch, k, L) (any strides with one of the last two 1): (batch, n, L)
-    contiguous. The x- and dt-projections of the scan's inputs.
-
-    With ``pass_input``, returns ``(weight @ x, x_view)``: give ``x_view`` (a view of x) to x's other
-    reader, and x's gradient is that reader's plus the product's, added inside the matrix multiply
-    rather than by autograd's separate addition (the mixer's conv output feeds both the x-projection
-    and the scan: ~1 ms per layer at 512 channels and 2^20 tokens on an H100)."""
+    contiguous. The x- and dt-projections of the scan's inputs."""
     _check("channels_to_channels", x, weight, 1)
-    return _ChannelLinear.apply(x, weight, False, False, 1, pass_input)
+    return _ChannelLinear.apply(x, weight, False, False, 1)
 
 
 def channels_to_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (batch, k, L) projected per token: (batch, L, n) contiguous, the out-projection."""
     _check("channels_to_rows", x, weight, 1)
-    return _ChannelLinear.apply(x, weight, False, True, 1, False)
+    return _ChannelLinear.apply(x, weight, False, True, 1)

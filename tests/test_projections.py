@@ -64,50 +64,6 @@ def test_strided_channel_views_are_taken_as_they_are():
     torch.autograd.gradcheck(lambda b, w: channels_to_rows(b[:, 6:], w), (buf, W))
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_passed_input_gets_both_readers_gradients(batch):
-    # channels_to_channels(pass_input=True): x comes back for a second reader, and x's gradient is
-    # the sum of the product's and that reader's, as when x feeds both directly
-    g = torch.Generator().manual_seed(20 + batch)
-    x = torch.randn(batch, 5, 7, generator=g, **F64).requires_grad_()
-    W = torch.randn(3, 5, generator=g, **F64).requires_grad_()
-
-    def two_readers(x, w, passed: bool):
-        out, u = channels_to_channels(x, w, pass_input=True) if passed else (channels_to_channels(x, w), x)
-        return out.square().sum() + (u.sin() * torch.arange(7.0, **F64)).sum()
-
-    torch.autograd.gradcheck(lambda x, w: channels_to_channels(x, w, pass_input=True), (x, W))
-    out, u = channels_to_channels(x, W, pass_input=True)
-    assert u._base is x or u._base is x._base and u.data_ptr() == x.data_ptr()   # a view, no copy
-    torch.testing.assert_close(out, F.linear(x.mT, W).mT, rtol=1e-12, atol=1e-12)
-    got = torch.autograd.grad(two_readers(x, W, True), (x, W))
-    want = torch.autograd.grad(two_readers(x, W, False), (x, W))
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    assert got[0].is_contiguous()
-    # only the passed view reaches the loss, or only the product: the other gradient is zero
-    dx, = torch.autograd.grad(channels_to_channels(x, W, pass_input=True)[1].sum(), x)
-    torch.testing.assert_close(dx, torch.ones_like(x))
-    dx, = torch.autograd.grad(channels_to_channels(x, W, pass_input=True)[0].sum(), x)
-    torch.testing.assert_close(dx, W.sum(0)[None, :, None].expand_as(x))
-
-
-def test_passed_input_under_autocast_keeps_its_dtype():
-    # a float32 input under bf16 autocast: the product runs in bf16, the passed view stays float32,
-    # and the gradients add in float32
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 8, 16, generator=g).requires_grad_()
-    W = torch.randn(4, 8, generator=g).requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, u = channels_to_channels(x, W, pass_input=True)
-        assert out.dtype == torch.bfloat16 and u.dtype == torch.float32
-        loss = out.float().sum() + u.square().sum()
-    dx, = torch.autograd.grad(loss, x)
-    assert dx.dtype == torch.float32
-    want = 2 * x.detach() + W.to(torch.bfloat16).float().sum(0)[None, :, None]
-    torch.testing.assert_close(dx, want, rtol=1e-2, atol=1e-2)
-
-
 def test_autocast_runs_in_its_dtype_like_linear():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 16, 8, generator=g).requires_grad_()

@@ -234,6 +234,42 @@ def test_causal_conv1d_takes_a_channel_view_without_bias(with_init):
         assert rel(a.grad, b.grad) < 1e-5
 
 
+@pytest.mark.parametrize("batch,dim,seqlen,width", [(2, 1, 1, 4), (1, 5, 17, 4), (2, 3, 300, 4), (1, 3, 2100, 4),
+                                                    (1, 3, 45, 2)])
+@pytest.mark.parametrize("with_init", [False, True])
+def test_causal_conv1d_with_two_readers_adds_their_gradients(batch, dim, seqlen, width, with_init):
+    # readers=2 (the mixer: x-projection and scan): the output twice, and the backward kernel adds
+    # the two gradients (one of them strided, as a transposed view's) as it reads them
+    from longseq.kernels import causal_conv1d
+    gen = torch.Generator().manual_seed(7 * seqlen + dim)
+    ts = [torch.randn(batch, dim, seqlen, generator=gen), torch.randn(dim, width, generator=gen),
+          torch.randn(dim, generator=gen), torch.randn(batch, dim, width - 1, generator=gen)]
+    x = [v.clone().requires_grad_() for v in ts]
+    xr = [v.double().requires_grad_() for v in ts]
+    init, init_r = (x[3], xr[3]) if with_init else (None, None)
+    y1, y2, f = causal_conv1d(x[0], x[1], x[2], "silu", init, True, backend="triton", readers=2)
+    yr, fr = R.causal_conv1d_ref(xr[0], xr[1], xr[2], "silu", init_r, True)
+    assert torch.equal(y1, y2) and y2._base is y1 and rel(y1, yr) < 1e-5 and torch.equal(f.double(), fr)
+    g1 = torch.randn(y1.shape, generator=gen)
+    g2 = torch.randn(batch, seqlen, dim, generator=gen).transpose(1, 2)
+    ((y1 * g1).sum() + (y2 * g2).sum()).backward()
+    (yr * (g1 + g2).double()).sum().backward()
+    used = x[:3] + (x[3:] if with_init and width > 1 else [])
+    for a, b in zip(used, xr):
+        assert rel(a.grad, b.grad) < 1e-5
+    # one reader reaching no loss: its gradient is not read (none is made), the other's is used alone
+    for which in (0, 1):
+        for v in x + xr:
+            v.grad = None
+        ys = causal_conv1d(x[0], x[1], x[2], "silu", init, backend="triton", readers=2)
+        (ys[which] * g1).sum().backward()
+        (R.causal_conv1d_ref(xr[0], xr[1], xr[2], "silu", init_r) * g1.double()).sum().backward()
+        for a, b in zip(used, xr):
+            assert rel(a.grad, b.grad) < 1e-5
+    with pytest.raises(ValueError, match="'readers' must be 1 or 2; got 3"):
+        causal_conv1d(x[0], x[1], readers=3)
+
+
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("dim", [1, 5, 40])
 def test_selective_state_update_matches_reference(grouped, dim):

@@ -131,16 +131,28 @@ def conv_fwd_kernel(
 
 
 @triton.jit
+def _grad_at(g_base, g2_base, st, md, seqlen, s_gl, s_g2l, R: tl.constexpr, HAS_DY2: tl.constexpr):
+    """The output's gradient at steps ``st`` in float32, as R columns: dy, plus dy2 if given."""
+    m = md & (st < seqlen)
+    g = tl.load(g_base + st.to(tl.int64) * s_gl, mask=m, other=0.0).to(tl.float32)
+    if HAS_DY2:
+        g += tl.load(g2_base + st.to(tl.int64) * s_g2l, mask=m, other=0.0).to(tl.float32)
+    return _cols(g, R)
+
+
+@triton.jit
 def conv_bwd_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr,
+    x_ptr, w_ptr, bias_ptr, init_ptr, dy_ptr, dy2_ptr, dx_ptr, dw_ptr, db_ptr,
     dim, seqlen, nchunks,
-    s_xb, s_xd, s_xl, s_ib, s_id, s_il, s_gb, s_gd, s_gl, s_dxb, s_dxd, s_dxl,
+    s_xb, s_xd, s_xl, s_ib, s_id, s_il, s_gb, s_gd, s_gl, s_g2b, s_g2d, s_g2l, s_dxb, s_dxd, s_dxl,
     W: tl.constexpr, WP: tl.constexpr, BD: tl.constexpr, BLJ: tl.constexpr, R: tl.constexpr,
     NT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
+    HAS_DY2: tl.constexpr,
 ):
     """dx, and partial sums of dw and dbias, for NT tiles of BLJ * R steps of BD channels (one
     chunk). g = dy * act'(pre) is recomputed in registers: dx[t] = sum_k w[k] g[t + W-1-k] needs
     g at the W-1 steps after a thread's R, so each thread also reads x and dy at the next R steps.
+    With HAS_DY2 the output's gradient is dy + dy2 (the output read twice; the sum made here).
     dw partial (batch, nchunks, dim, W) and db partial (batch, nchunks, dim), float32, that the
     wrapper adds up in a fixed order (deterministic, no atomics)."""
     pid_l = tl.program_id(0)
@@ -152,6 +164,7 @@ def conv_bwd_kernel(
     x_base = x_ptr + pid_b * s_xb + d64[:, None, None] * s_xd
     i_base = init_ptr + pid_b * s_ib + d64[:, None, None] * s_id
     g_base = dy_ptr + pid_b * s_gb + d64[:, None, None] * s_gd
+    g2_base = dy2_ptr + pid_b * s_g2b + d64[:, None, None] * s_g2d
     dx_base = dx_ptr + pid_b * s_dxb + d64[:, None, None] * s_dxd
     ws = _taps(w_ptr, offs_d, mask_d, W)
     bias = tl.zeros((BD, 1), tl.float32)
@@ -166,9 +179,8 @@ def conv_bwd_kernel(
         prev = _cols(_window(x_base, i_base, steps - R, mask_d, seqlen, s_xl, s_il, W, HAS_INIT), R)
         nxt = _cols(_window(x_base, i_base, steps + R, mask_d, seqlen, s_xl, s_il, W, HAS_INIT), R)
         md = mask_d[:, None, None]
-        dy_cur = _cols(tl.load(g_base + st.to(tl.int64) * s_gl, mask=md & (st < seqlen), other=0.0).to(tl.float32), R)
-        dy_nxt = _cols(tl.load(g_base + (st + R).to(tl.int64) * s_gl, mask=md & (st + R < seqlen),
-                               other=0.0).to(tl.float32), R)
+        dy_cur = _grad_at(g_base, g2_base, st, md, seqlen, s_gl, s_g2l, R, HAS_DY2)
+        dy_nxt = _grad_at(g_base, g2_base, st + R, md, seqlen, s_gl, s_g2l, R, HAS_DY2)
         g = ()
         for p in tl.static_range(R + W - 1):
             pre = _pre(ws, bias, prev, cur, nxt, p, W, R)

@@ -59,8 +59,9 @@ def conv_forward(x, weight, bias, init, silu: bool):
     return y
 
 
-def conv_backward(dy, x, weight, bias, init, silu: bool, need_dinit: bool):
-    """(dx, dweight, dbias or None, dinit or None) of :func:`conv_forward` for the output gradient dy."""
+def conv_backward(dy, x, weight, bias, init, silu: bool, need_dinit: bool, dy2=None):
+    """(dx, dweight, dbias or None, dinit or None) of :func:`conv_forward` for the output gradient dy,
+    or dy + dy2 where the output had two readers (the kernel adds them as it reads them)."""
     weight_c = weight.contiguous()
     batch, dim, seqlen = x.shape
     W = weight.shape[1]
@@ -70,16 +71,19 @@ def conv_backward(dy, x, weight, bias, init, silu: bool, need_dinit: bool):
     dw_p = torch.empty((batch, nchunks, dim, W), device=x.device, dtype=torch.float32)
     db_p = torch.empty((batch, nchunks, dim), device=x.device, dtype=torch.float32)
     b, i, i_strides = _conv_optional(x, bias, init)
+    g2 = dy2 if dy2 is not None else dy
     launch(conv_bwd_kernel, (nchunks, cdiv(dim, _CONV_BD), batch),
-        x, weight_c, b, i, dy, dx, dw_p, db_p, dim, seqlen, nchunks,
-        *x.stride(), *i_strides, *dy.stride(), *dx.stride(),
+        x, weight_c, b, i, dy, g2, dx, dw_p, db_p, dim, seqlen, nchunks,
+        *x.stride(), *i_strides, *dy.stride(), *g2.stride(), *dx.stride(),
         W=W, WP=max(2, _pow2(W)), BD=_CONV_BD, BLJ=_CONV_BLJ, R=R, NT=_CONV_NT,
-        HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu, **launch_options(_CONV_BD))
+        HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu, HAS_DY2=dy2 is not None,
+        **launch_options(_CONV_BD))
     dw = dw_p.sum((0, 1)).to(weight.dtype)
     db = db_p.sum((0, 1)).to(bias.dtype) if bias is not None else None
     dinit = None
     if init is not None and need_dinit:
-        dinit = _conv_dinit(dy, x, weight_c, bias, init, silu)
+        head = dy[..., :W - 1] if dy2 is None else dy[..., :W - 1] + dy2[..., :W - 1]
+        dinit = _conv_dinit(head, x, weight_c, bias, init, silu)
     return dx, dw, db, dinit
 
 
@@ -103,20 +107,30 @@ def _conv_dinit(dy, x, weight, bias, init, silu: bool):
 
 
 class CausalConv1dFn(torch.autograd.Function):
+    """The conv; with ``readers`` 2 its output comes twice (the second a view of the first), and the
+    two gradients are summed by the backward kernel as it reads them."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, init, silu):
+    def forward(ctx, x, weight, bias, init, silu, readers):
         ctx.save_for_backward(x, weight, bias, init)
         ctx.silu = silu
-        return conv_forward(x, weight, bias, init, silu)
+        ctx.set_materialize_grads(False)    # a reader that reached no loss adds nothing: not read
+        y = conv_forward(x, weight, bias, init, silu)
+        return y if readers == 1 else (y, y.view_as(y))
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, dy2=None):
         x, weight, bias, init = ctx.saved_tensors
-        return (*conv_backward(dy, x, weight, bias, init, ctx.silu, ctx.needs_input_grad[3]), None)
+        if dy is None:
+            dy, dy2 = dy2, None
+        if dy is None:
+            return (None,) * 6
+        return (*conv_backward(dy, x, weight, bias, init, ctx.silu, ctx.needs_input_grad[3], dy2), None, None)
 
 
-def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
-    """Depthwise causal conv1d; same contract as :func:`longseq.kernels.reference.causal_conv1d_ref`."""
+def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False,
+                  readers=1):
+    """Depthwise causal conv1d; same contract as :func:`longseq.kernels.dispatch.causal_conv1d`."""
     if not isinstance(x, torch.Tensor) or x.dim() != 3 or not isinstance(weight, torch.Tensor) \
             or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
         return causal_conv1d_ref(x, weight, bias, activation, initial_state, return_final_state)  # raises
@@ -130,11 +144,15 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, ret
     if initial_state is not None:
         check_tensor("causal_conv1d", "initial_state", initial_state, (batch, dim, W - 1), x.device,
                      shape_doc="(batch, dim, width - 1)")
-    # while torch.compile traces: the custom operator (custom_ops), one node of the compiled graph
-    conv = custom_ops.causal_conv1d_fwd if torch.compiler.is_compiling() else CausalConv1dFn.apply
-    y = conv(x, weight, bias, initial_state if W > 1 else None, activation is not None)
+    init = initial_state if W > 1 else None
+    if torch.compiler.is_compiling():       # the custom operator (custom_ops), one node of the graph
+        y = custom_ops.causal_conv1d_fwd(x, weight, bias, init, activation is not None)
+        ys = (y,) * readers                 # (the compiled backward adds the readers' gradients)
+    else:
+        ys = CausalConv1dFn.apply(x, weight, bias, init, activation is not None, readers)
+        ys = (ys,) if readers == 1 else ys
     if not return_final_state:
-        return y
+        return ys[0] if readers == 1 else ys
     # the last W-1 inputs of cat(initial_state, x), by autograd-tracked slicing (no full copy)
     if W == 1:
         final = x[..., :0]
@@ -143,7 +161,7 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, ret
     else:
         init = initial_state if initial_state is not None else x.new_zeros(batch, dim, W - 1)
         final = torch.cat([init.to(x.dtype)[..., seqlen:], x], dim=-1)
-    return y, final
+    return (*ys, final)
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
