@@ -429,17 +429,19 @@ def test_causal_conv1d_gpu(dtype, tol, with_init, L):
     b, d, W = 2, 96, 4
     ts = [torch.randn(b, d, L, device=DEV, generator=gen).to(dtype), torch.randn(d, W, device=DEV, generator=gen),
           torch.randn(d, device=DEV, generator=gen), torch.randn(b, d, W - 1, device=DEV, generator=gen).to(dtype)]
-    x = [v.clone().requires_grad_() for v in ts]
-    xr = [v.double().requires_grad_() for v in ts]
-    poison_allocator()
-    y, f = T().causal_conv1d(x[0], x[1], x[2], "silu", x[3] if with_init else None, True)
-    yr, fr = R.causal_conv1d_ref(xr[0], xr[1], xr[2], "silu", xr[3] if with_init else None, True)
-    assert rel(y, yr) < tol
-    gy = torch.randn(y.shape, device=DEV, generator=gen).to(dtype)
-    (y.float() * gy.float()).sum().backward()
-    (yr * gy.double()).sum().backward()
-    for a, r in zip(x[:3] + (x[3:] if with_init else []), xr[:3] + (xr[3:] if with_init else [])):
-        assert torch.isfinite(a.grad).all() and rel(a.grad, r.grad) < tol
+    for readers in (1, 2):   # 2: the output twice (the mixer's x-projection and scan), gradients added in the kernel
+        x = [v.clone().requires_grad_() for v in ts]
+        xr = [v.double().requires_grad_() for v in ts]
+        poison_allocator()
+        y, *y2, f = T().causal_conv1d(x[0], x[1], x[2], "silu", x[3] if with_init else None, True, readers=readers)
+        yr, fr = R.causal_conv1d_ref(xr[0], xr[1], xr[2], "silu", xr[3] if with_init else None, True)
+        assert rel(y, yr) < tol
+        gy = torch.randn(y.shape, device=DEV, generator=gen).to(dtype)
+        gys = [gy] if readers == 1 else [gy, torch.randn(y.shape, device=DEV, generator=gen).to(dtype)]
+        sum((t.float() * g.float()).sum() for t, g in zip([y, *y2], gys)).backward()
+        (yr * sum(g.double() for g in gys)).sum().backward()
+        for a, r in zip(x[:3] + (x[3:] if with_init else []), xr[:3] + (xr[3:] if with_init else [])):
+            assert torch.isfinite(a.grad).all() and rel(a.grad, r.grad) < tol
 
 
 @pytest.mark.parametrize("grouped", [False, True])
