@@ -65,7 +65,7 @@ def test_a_later_process_takes_the_winner_without_timing(tuner, tmp_path, monkey
     # another key is timed, and both winners are kept in the one file
     assert pick(key=(1, 1536, 2 ** 20)) == CANDS[1] and timed == CANDS
     assert len(json.loads(cache_files(tmp_path)[0].read_text())["entries"]) == 2
-    assert not [p for p in (tmp_path / "cache" / "tune").iterdir() if p.name.startswith(".tune-")]
+    assert not [p for p in (tmp_path / "cache" / "tune").iterdir() if p.name.startswith(".")]   # no temporary left
 
 
 def test_a_winner_stands_only_against_the_same_candidates(tuner, monkeypatch):

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .._cache import cache_root
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 _BLOCK = 1 << 18  # frames per block when resampling a whole file
 
@@ -31,8 +33,7 @@ class AudioFileError(ValueError):
 
 def default_cache_dir() -> Path:
     """Where resampled copies go: ``$LONGSEQ_CACHE/audio``, else ``~/.cache/longseq/audio``."""
-    root = os.environ.get("LONGSEQ_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "longseq") / "audio"
+    return cache_root() / "audio"
 
 
 @dataclass(frozen=True)

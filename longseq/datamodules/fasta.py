@@ -33,6 +33,7 @@ import pyfaidx
 from tqdm.auto import tqdm
 
 from .._atomic import atomic_path
+from .._cache import cache_root
 
 # A C G T, U (RNA), the IUPAC ambiguity codes and N, in either case (what NucleotideTokenizer accepts).
 _VALID = b"ACGTURYSWKMBDHVNacgturyswkmbdhvn"
@@ -43,11 +44,6 @@ _SCAN_CHUNK = 1 << 24           # bases read at a time when validating
 
 class FastaError(ValueError):
     """A FASTA file (or its index, or a BED file) is unusable; the message names file and place."""
-
-
-def cache_root() -> Path:
-    """The longseq cache folder: ``$LONGSEQ_CACHE`` if set, else ``~/.cache/longseq``."""
-    return Path(os.environ.get("LONGSEQ_CACHE") or Path.home() / ".cache" / "longseq")
 
 
 def _file_key(path: Path) -> str:

@@ -13,10 +13,12 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 
 import torch
+
+from .._atomic import atomic_path
+from .._cache import cache_root
 
 _CACHE: dict = {}
 LOG: list = []   # (kernel, key, cfg, ms) of each tuned winner, for the benchmark's report
@@ -70,9 +72,8 @@ def pick(name: str, key, candidates: list, run, device_tensor: torch.Tensor):
             best, best_ms = cfg, ms
     if best is None:
         best = candidates[0]
-    else:
-        if path:
-            _disk_store(path, entry, dict(cfg=repr(best), ms=best_ms))
+    elif path:
+        _disk_store(path, entry, dict(cfg=repr(best), ms=best_ms))
     _CACHE[full] = best
     LOG.append((name, key, best, best_ms))
     return best
@@ -116,12 +117,12 @@ def disk_cache_path(dev: torch.device) -> str | None:
     if os.environ.get("LONGSEQ_TUNE_CACHE") == "0":
         return None
     import triton
-    folder = os.path.join(os.environ.get("LONGSEQ_CACHE") or os.path.expanduser("~/.cache/longseq"), "tune")
+    folder = cache_root() / "tune"
     knobs = sorted((k, v) for k, v in os.environ.items() if k.startswith("LONGSEQ_SCAN_"))
     digest = hashlib.sha256(repr((_code_digest(), knobs)).encode()).hexdigest()[:12]
     model = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in _device_name(dev))
     torch_version = torch.__version__.split("+")[0]
-    return os.path.join(folder, f"{model}-triton{triton.__version__}-torch{torch_version}-{digest}.json")
+    return str(folder / f"{model}-triton{triton.__version__}-torch{torch_version}-{digest}.json")
 
 
 def _warn_once(message: str) -> None:
@@ -160,16 +161,9 @@ def _disk_store(path: str, entry: str, value: dict) -> None:
     entries = _disk_entries(path)
     entries[entry] = value
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         merged = {**_read(path), **entries}
-        fd, tmp = tempfile.mkstemp(prefix=".tune-", suffix=".json", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"format": 1, "entries": merged}, f, indent=0)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"format": 1, "entries": merged}, indent=0))
         _DISK[path] = merged
     except OSError as e:
         _warn_once(f"longseq: cannot write the kernel tuning cache {path} ({e}); kernels will be "
